@@ -1,0 +1,33 @@
+# The two commands a newcomer runs (see README):
+#   make report   set up .venv, then run the main job on the embedded default data set
+#   make test     set up .venv, then run the notebooks' inline tests and the pytest suites
+# Both are idempotent and non-interactive.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install report test export clean-nbs check
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+report: install
+	$(BIN)/gmvae-nb main --out reports/default
+
+test: install
+	$(BIN)/nbdev-test --n-workers 2
+	$(BIN)/python -m pytest
+
+export: install
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+
+# nbdev-export leaves no diff and the notebooks are clean
+check: export
+	git diff --exit-code -- gmvae_nb nbs
