@@ -1,0 +1,92 @@
+"""The K sweep as a user runs it: `gmvae-nb sweep` executing the training notebook through papermill,
+killed and resumed, and the same runs on a Dask LocalCluster."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gmvae_nb.sweep import collect, run_status, summarize, sweep
+
+CLI = str(Path(sys.executable).with_name("gmvae-nb"))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.h5ad"
+    from gmvae_nb.simulate import simulate
+    simulate("default", n_cells=1000, n_genes=80, n_types=3, n_batches=2, seed=0).write_h5ad(path)
+    return path
+
+
+def sweep_cli(data, out, *extra):
+    return [CLI, "sweep", "--data", str(data), "--out", str(out), "--epochs", "2", "--n-samples", "2",
+            "--n-x", "4", "--n-w", "3", *map(str, extra)]
+
+
+def test_two_by_two_sweep_through_papermill(tiny_data, tmp_path):
+    out = tmp_path / "sweep"
+    result = subprocess.run(sweep_cli(tiny_data, out, "--K", 1, 3, "--repeats", 2, "--workers", 2),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["K001_seed0", "K001_seed1", "K003_seed0", "K003_seed1"]
+    for run in runs:
+        folder = out / "runs" / run
+        assert (folder / "run.ipynb").exists()  # the executed notebook is kept
+        history = pd.read_csv(folder / "history.csv")
+        assert len(history) == 2
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["n_clusters"] == int(run[1:4]) and metrics["seed"] == int(run[-1])
+        assert 0 <= metrics["ari_own_clusters"] <= 1 or metrics["n_clusters"] == 1
+    table = collect(out)
+    assert len(table) == 4
+    summary = summarize(table)
+    assert list(summary.index) == [1, 3]
+    assert (summary[("runs", "n")] == 2).all()
+
+
+def test_sweep_resumes_after_a_killed_run(tiny_data, tmp_path):
+    out = tmp_path / "sweep"
+    cmd = sweep_cli(tiny_data, out, "--K", 2, 4, "--repeats", 2, "--workers", 1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = out / "runs" / "K002_seed0" / "metrics.json"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert first.exists(), "the first run never finished"
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the kernel of the run in progress
+    proc.wait()
+    statuses = [run_status(p) for p in sorted((out / "runs").iterdir())]
+    assert statuses[0] == "done" and "pending" in statuses + ["pending"] * (4 - len(statuses))
+    finished_at = first.stat().st_mtime_ns
+
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert first.stat().st_mtime_ns == finished_at  # the finished run was skipped, not redone
+    assert [run_status(p) for p in sorted((out / "runs").iterdir())] == ["done"] * 4
+    assert "skipped 1" in result.stdout
+
+
+def test_failed_run_is_reported_and_others_finish(tiny_data, tmp_path):
+    out = tmp_path / "sweep"
+    # K larger than the number of latent dimensions is fine, but a negative learning rate is refused by Adam
+    result = subprocess.run(sweep_cli(tiny_data, out, "--K", 2, "--repeats", 1, "--lr", -1), capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "K002_seed0" in result.stdout and "failed" in result.stdout
+    assert (out / "runs" / "K002_seed0" / "error.txt").exists()
+
+
+def test_dask_local_cluster_runs_the_same_sweep(tiny_data, tmp_path):
+    from distributed import LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        table = sweep(tiny_data, Ks=[1, 2], repeats=1, out=tmp_path / "sweep", scheduler=cluster.scheduler_address,
+                      max_epochs=2, n_samples=2, n_x=4, n_w=3, threads=1)
+    assert table.status.tolist() == ["done", "done"]
+    metrics = collect(tmp_path / "sweep")
+    assert sorted(metrics.n_clusters) == [1, 2]
