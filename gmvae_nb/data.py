@@ -7,8 +7,11 @@ Docs: https://gmvae-nb.github.io/gmvae-nb/data.html.md"""
 # %% ../nbs/00_data.ipynb #038881c7
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import anndata as ad
@@ -20,7 +23,7 @@ from anndata.abc import CSCDataset, CSRDataset
 from anndata.io import read_elem, sparse_dataset
 
 # %% auto #0
-__all__ = ['SPLITS', 'load_counts', 'select_genes', 'split']
+__all__ = ['SPLITS', 'load_counts', 'select_genes', 'split', 'atomic_path', 'write_h5ad']
 
 # %% ../nbs/00_data.ipynb #13dd5fa0
 _BLOCK_ENTRIES = 2**22  # stored entries read, checked and converted at a time (≈ 50 MB as float64 values + int32 indices)
@@ -323,3 +326,23 @@ def split(
     adata.uns["gmvae_nb"] = {**adata.uns.get("gmvae_nb", {}),
                              "split": dict(key=key, fractions=fractions.tolist(), seed=seed, batch_key=batch_key)}
     return adata
+
+# %% ../nbs/00_data.ipynb #63670f53
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    "A temporary path beside `path` for a writer; renamed to `path` if the block succeeds, removed if it fails."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
+    "Write `adata` to `path` atomically (see `atomic_path`)."
+    with atomic_path(path) as tmp: adata.write_h5ad(tmp)
+    return Path(path)
