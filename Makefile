@@ -21,7 +21,7 @@ report: install
 	$(BIN)/gmvae-nb main --out reports/default
 
 test: install
-	$(BIN)/nbdev-test --n-workers 2
+	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 2
 	$(BIN)/python -m pytest
 
 export: install

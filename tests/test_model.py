@@ -1,0 +1,247 @@
+"""`gmvae_nb.GMVAE` driven from outside: recovery on simulated data, determinism, save/load, bad input,
+and the real starter files."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import torch
+from scib_metrics import silhouette_batch, silhouette_label
+from sklearn.metrics import adjusted_rand_score
+
+import gmvae_nb
+import gmvae_nb.model
+from gmvae_nb.data import load_counts, split
+from gmvae_nb.model import FORMAT_VERSION, GMVAE
+from gmvae_nb.simulate import simulate
+from gmvae_nb.train import select_device
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+STARTERS = {name: DATA / f"openproblems_bmmc_{name}_starter.output_rna.h5ad" for name in ("multiome", "cite")}
+SMALL = dict(n_x=10, n_w=5, encoder_hidden=(64,), decoder_hidden=(64,), beta_hidden=(32,))  # a fast architecture
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    "A small simulated data set with a train/validation/test split."
+    return split(simulate("default", n_cells=400, n_genes=150, n_types=4, n_batches=3, seed=1))
+
+
+@pytest.fixture(scope="module")
+def trained(small_data):
+    "A small model trained for a few epochs."
+    return GMVAE(small_data, n_clusters=4, seed=0, **SMALL).fit(max_epochs=3, n_samples=3, progress=False)
+
+
+def test_reexported():
+    assert gmvae_nb.GMVAE is GMVAE
+
+
+# --- recovery -------------------------------------------------------------------------------------------
+
+# Eight equally frequent cell types whose expression differs clearly (the preset's types differ in 8% of
+# genes by e^0.8 on average, too little for any method to separate the four T/NK types at ~600 UMI per
+# cell: k-means on PCA reaches ARI 0.4-0.5 there). With the preset's unequal type frequencies the GMVAE's
+# uniform mixture tends to split the largest type and merge two small ones.
+RECOVERY_DATA = dict(n_types=8, n_batches=4, n_cells=2000, n_genes=500, seed=4,
+                     type_weights=(1.0,) * 10, type_de_prob=0.2, type_de_loc=1.5)
+
+
+def test_recovery_of_simulated_types_and_batch_mixing():
+    "8 cell types, 4 batches, K = 8: the clusters recover the types and the latent mixes the batches."
+    adata = split(simulate("default", **RECOVERY_DATA))
+    started = time.perf_counter()
+    model = GMVAE(adata, n_clusters=8, seed=4).fit(warmup_epochs=10, progress=False, device="cpu")
+    seconds = time.perf_counter() - started
+    clusters, latent = model.predict(), model.get_latent()
+    labels, batches = adata.obs["cell_type"].to_numpy(), adata.obs["batch"].to_numpy()
+    test = (adata.obs["split"] == "test").to_numpy()
+    ari, ari_test = adjusted_rand_score(labels, clusters), adjusted_rand_score(labels[test], clusters[test])
+    batch_asw = float(silhouette_batch(latent, labels, batches))
+    print(f"recovery: {adata.n_obs} cells x {adata.n_vars} genes, {len(model.history)} epochs in {seconds:.0f} s; "
+          f"ARI {ari:.3f} (test cells {ari_test:.3f}), batch ASW {batch_asw:.3f}")
+    assert min(ari, ari_test) >= 0.9
+    assert batch_asw >= 0.85
+
+
+# --- outputs -------------------------------------------------------------------------------------------
+
+def test_outputs_are_written_and_shaped(trained, small_data):
+    latent = trained.get_latent()
+    proba = trained.predict_proba()
+    clusters = trained.predict()
+    n = small_data.n_obs
+    assert latent.shape == (n, 10) and small_data.obsm["X_gmvae_w"].shape == (n, 5)
+    np.testing.assert_array_equal(small_data.obsm["X_gmvae"], latent)
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(small_data.obsm["gmvae_proba"], proba)
+    np.testing.assert_array_equal(clusters, proba.argmax(1))
+    assert isinstance(small_data.obs["gmvae_cluster"].dtype, pd.CategoricalDtype)
+    assert list(small_data.obs["gmvae_cluster"].cat.categories) == ["0", "1", "2", "3"]
+    terms = trained.elbo_terms()
+    assert list(terms.columns) == ["rec", "kl_w", "kl_z", "cond"] and terms.index.equals(small_data.obs_names)
+    assert np.isfinite(terms.to_numpy()).all()
+    expression = trained.get_normalized_expression(batch=small_data.obs["batch"].cat.categories[1])
+    assert expression.shape == (n, small_data.n_vars) and expression.columns.equals(small_data.var_names)
+    np.testing.assert_allclose(expression.sum(1), 1e4, rtol=1e-4)
+
+
+def test_history_has_train_and_validation_terms(trained):
+    history = trained.history
+    assert len(history) == 3
+    for split_name in ("train", "validation"):
+        for term in ("rec", "kl_w", "kl_z", "cond", "neg_elbo"):
+            assert np.isfinite(history[f"{split_name}_{term}"]).all()
+
+
+def test_fit_never_sees_test_cells(small_data, monkeypatch):
+    "fit hands the train rows to the loop for training and the validation rows for validation; the test rows to neither."
+    seen = {}
+    def spy(module, counts, codes, train, validation, *args, **kwargs):
+        seen.update(train=train, validation=validation)
+        return pd.DataFrame({"epoch": [1]})
+    monkeypatch.setattr(gmvae_nb.model, "fit_module", spy)
+    GMVAE(small_data, n_clusters=2, **SMALL).fit(max_epochs=1, progress=False)
+    split_of = small_data.obs["split"].to_numpy()
+    assert set(split_of[seen["train"]]) == {"train"} and set(split_of[seen["validation"]]) == {"validation"}
+    assert len(seen["train"]) + len(seen["validation"]) == (split_of != "test").sum()
+
+
+# --- determinism and save/load ---------------------------------------------------------------------------
+
+def test_same_seed_same_latent(small_data):
+    def latent(seed):
+        model = GMVAE(small_data, n_clusters=4, seed=seed, **SMALL).fit(max_epochs=2, n_samples=2, progress=False)
+        return model.get_latent(small_data.copy()), model.predict_proba(small_data.copy())
+    (z0, p0), (z0_again, p0_again), (z1, _) = latent(0), latent(0), latent(1)
+    np.testing.assert_array_equal(z0, z0_again)
+    np.testing.assert_array_equal(p0, p0_again)
+    assert not np.array_equal(z0, z1)
+
+
+def test_save_load_gives_identical_outputs(trained, small_data, tmp_path):
+    trained.save(tmp_path / "run")
+    loaded = GMVAE.load(tmp_path / "run", small_data.copy(), device="cpu")
+    assert repr(loaded) == repr(trained)
+    np.testing.assert_array_equal(loaded.get_latent(), trained.get_latent())
+    np.testing.assert_array_equal(loaded.predict_proba(), trained.predict_proba())
+    pd.testing.assert_frame_equal(loaded.elbo_terms(), trained.elbo_terms())
+    pd.testing.assert_frame_equal(loaded.get_normalized_expression(), trained.get_normalized_expression())
+    pd.testing.assert_frame_equal(loaded.history, trained.history.reset_index(drop=True), check_dtype=False)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["format_version"] == FORMAT_VERSION and config["package_version"] == gmvae_nb.__version__
+    assert config["genes"] == list(small_data.var_names)
+    assert config["batches"] == list(small_data.obs["batch"].cat.categories)
+    assert config["normalisation"]["library_target"] == 1e4
+
+
+def test_save_refuses_to_overwrite_and_load_refuses_newer_format(trained, small_data, tmp_path):
+    trained.save(tmp_path)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        trained.save(tmp_path)
+    trained.save(tmp_path, overwrite=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(ValueError, match=f"format version {FORMAT_VERSION + 1}.*upgrade"):
+        GMVAE.load(tmp_path, small_data)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        GMVAE.load(tmp_path / "nowhere", small_data)
+
+
+# --- bad input -----------------------------------------------------------------------------------------
+
+def test_unseen_batch_is_an_error_naming_it(trained, small_data, tmp_path):
+    other = small_data[:20].copy()
+    other.obs["batch"] = other.obs["batch"].cat.add_categories("s9d9")
+    other.obs.iloc[:3, other.obs.columns.get_loc("batch")] = "s9d9"
+    with pytest.raises(ValueError, match="not trained on: 's9d9'"):
+        trained.get_latent(other)
+    with pytest.raises(ValueError, match="'s9d9'"):
+        GMVAE.load(trained.save(tmp_path), other)
+
+
+def test_missing_genes_are_an_error_naming_them(trained, small_data):
+    missing = small_data[:, 2:].copy()
+    with pytest.raises(ValueError, match=f"2 of the model's {small_data.n_vars} genes are missing.*"
+                                         f"'{small_data.var_names[0]}', '{small_data.var_names[1]}'"):
+        trained.get_latent(missing)
+
+
+def test_reordered_and_extra_genes_are_aligned_by_name(trained, small_data):
+    order = np.random.default_rng(0).permutation(small_data.n_vars)
+    shuffled = small_data[:, order].copy()
+    np.testing.assert_array_equal(trained.get_latent(shuffled), trained.get_latent(small_data.copy()))
+
+
+def test_bad_construction_arguments(small_data):
+    with pytest.raises(KeyError, match="no layer 'raw'"):
+        GMVAE(small_data, layer="raw")
+    with pytest.raises(KeyError, match="no column 'donor_id'"):
+        GMVAE(small_data, batch_key="donor_id")
+    negative = small_data[:10].copy()
+    negative.layers["counts"] = -negative.layers["counts"]
+    negative.layers["counts"].data[:] = -1
+    with pytest.raises(ValueError, match="negative values"):
+        GMVAE(negative)
+
+
+def test_explicit_unavailable_device_is_an_error():
+    assert select_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            select_device("cuda")
+
+
+# --- the real starter files ----------------------------------------------------------------------------
+
+def pca_of_log_normalised(adata):
+    "PCA (50 components) of log1p(counts / library size · 10⁴), the baseline a reader expects."
+    baseline = sc.AnnData(adata.layers["counts"].copy())
+    sc.pp.normalize_total(baseline, target_sum=1e4)
+    sc.pp.log1p(baseline)
+    sc.pp.pca(baseline, n_comps=50, random_state=0)
+    return baseline.obsm["X_pca"]
+
+
+@pytest.mark.parametrize("name", list(STARTERS))
+def test_real_starter_trains_elbo_falls_and_embedding_is_compared_with_pca(name):
+    "Blog defaults with K = 10 on a real starter file; on the multiome file the embedding beats PCA in cell-type ASW."
+    if not STARTERS[name].is_file(): pytest.skip(f"{STARTERS[name]} is not here")
+    adata = load_counts(STARTERS[name])
+    model = GMVAE(adata, n_clusters=10, seed=0).fit(progress=False, device="cpu")
+    neg_elbo = model.history["train_neg_elbo"]
+    assert np.isfinite(model.history.drop(columns="seconds").to_numpy()).all()
+    assert neg_elbo.iloc[-1] < 0.75 * neg_elbo.iloc[0] and neg_elbo.iloc[-5:].mean() < neg_elbo.iloc[5:10].mean()
+    labels = adata.obs["cell_type"].to_numpy()
+    asw_model = float(silhouette_label(model.get_latent(), labels))
+    asw_pca = float(silhouette_label(pca_of_log_normalised(adata), labels))
+    print(f"{name} starter ({adata.n_obs} x {adata.n_vars}, {adata.obs['cell_type'].nunique()} types): -ELBO per cell "
+          f"{neg_elbo.iloc[0]:.1f} -> {neg_elbo.iloc[-1]:.1f}; cell-type ASW GMVAE {asw_model:.3f}, PCA {asw_pca:.3f}")
+    if name == "multiome":
+        assert asw_model > asw_pca
+    # The CITE starter's 41 pre-release labels (many with < 5 cells) are not asserted on: there the GMVAE's
+    # ASW is below PCA's with the blog's defaults (the figures are printed and reported).
+
+
+def test_cli_fit_writes_model_and_annotated_h5ad(tmp_path):
+    "`gmvae-nb fit` from the shell, as a user runs it."
+    data = tmp_path / "data.h5ad"
+    simulate("default", n_cells=200, n_genes=80, n_batches=2, seed=0).write_h5ad(data)
+    command = [str(Path(sys.executable).with_name("gmvae-nb")), "fit", str(data), "-K", "3", "--epochs", "2",
+               "-M", "2", "--out", str(tmp_path / "run"), "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "fitted K=3" in done.stdout
+    annotated = ad.read_h5ad(tmp_path / "run" / "adata.h5ad")
+    assert {"X_gmvae", "X_gmvae_w", "gmvae_proba"} <= set(annotated.obsm) and "gmvae_cluster" in annotated.obs
+    loaded = GMVAE.load(tmp_path / "run" / "model", annotated, device="cpu")
+    np.testing.assert_array_equal(loaded.get_latent(), annotated.obsm["X_gmvae"])
+    bad = subprocess.run(command[:2] + [str(data), "--batch-key", "donor_id", "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "donor_id" in bad.stderr
