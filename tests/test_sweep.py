@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sklearn.metrics import adjusted_rand_score
 
 from gmvae_nb.sweep import collect, run_status, summarize, sweep
 
@@ -43,7 +44,9 @@ def test_two_by_two_sweep_through_papermill(tiny_data, tmp_path):
         assert len(history) == 2
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["n_clusters"] == int(run[1:4]) and metrics["seed"] == int(run[-1])
-        assert 0 <= metrics["ari_own_clusters"] <= 1 or metrics["n_clusters"] == 1
+        cells = pd.read_csv(folder / "test_cells.csv", index_col=0)  # the scored cells, one row each
+        assert len(cells) == metrics["n_test_cells"]
+        assert metrics["ari_own_clusters"] == pytest.approx(adjusted_rand_score(cells.cell_type, cells.gmvae_cluster))
     table = collect(out)
     assert len(table) == 4
     summary = summarize(table)
