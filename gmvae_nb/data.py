@@ -23,7 +23,7 @@ from anndata.abc import CSCDataset, CSRDataset
 from anndata.io import read_elem, sparse_dataset
 
 # %% auto #0
-__all__ = ['SPLITS', 'load_counts', 'select_genes', 'split', 'atomic_path', 'write_h5ad']
+__all__ = ['SPLITS', 'count_matrix', 'load_counts', 'select_genes', 'split', 'atomic_path', 'write_h5ad']
 
 # %% ../nbs/00_data.ipynb #13dd5fa0
 _BLOCK_ENTRIES = 2**22  # stored entries read, checked and converted at a time (≈ 50 MB as float64 values + int32 indices)
@@ -201,6 +201,10 @@ def _pick_matrix(X, layers: Mapping, layer: str | None, origin: str):
     if layer not in layers:
         raise KeyError(f"{origin} has no layer '{layer}'; its layers are {list(layers)}. Use layer=None to read the counts from X.")
     return layers[layer]
+
+def count_matrix(adata: ad.AnnData, layer: str | None = "counts"):
+    "The counts of an in-memory `adata`: `layers[layer]` (`X` for None), or a KeyError listing the layers."
+    return _pick_matrix(adata.X, adata.layers, layer, "adata")
 
 
 def _as_categories(values: pd.Series) -> pd.Categorical:

@@ -31,6 +31,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, s
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
+from .data import count_matrix
+
 # %% auto #0
 __all__ = ['GRAPH_NEIGHBORS', 'KBET_NEIGHBORS', 'LEIDEN_RESOLUTIONS', 'METRICS', 'toy_embedding', 'exact_neighbors',
            'knn_connectivities', 'scaled_silhouettes', 'isolated_labels', 'isolated_label_asw', 'leiden_scores',
@@ -490,15 +492,6 @@ def evaluate(
     return {key: scores[key] if METRICS[key].kind == "info" else float(scores[key]) for key in METRICS}
 
 # %% ../nbs/08_metrics.ipynb #f90b74ab
-def _counts(adata: ad.AnnData, layer: str | None) -> sp.spmatrix | np.ndarray:
-    "`adata.layers[layer]` (or `adata.X` when `layer` is None), or a clear error naming the layers there are."
-    if layer is None:
-        return adata.X
-    if layer not in adata.layers:
-        raise KeyError(f"layer {layer!r} is not in adata.layers, which holds {list(adata.layers.keys())}")
-    return adata.layers[layer]
-
-
 def pca_baseline(
     adata: ad.AnnData,  # cells × genes with raw counts
     layer: str | None = "counts",  # layer of the counts (None: `adata.X`)
@@ -508,7 +501,7 @@ def pca_baseline(
     target_sum: float = 1e4,  # counts per cell after normalisation
 ) -> np.ndarray:  # cells × n_comps, also written to `adata.obsm[key]`
     "Unintegrated baseline: PCA of log-normalised counts (normalised on a copy; the counts are left untouched)."
-    counts = _counts(adata, layer)
+    counts = count_matrix(adata, layer)
     if n_comps >= min(adata.shape):
         raise ValueError(f"n_comps={n_comps} must be smaller than both the {adata.n_obs} cells and {adata.n_vars} genes")
     normalised = ad.AnnData(X=sp.csr_matrix(counts, dtype=np.float32, copy=True))
@@ -536,7 +529,7 @@ def scvi_baseline(
         raise ImportError('scvi_baseline needs scvi-tools, an optional extra: pip install -e ".[scvi]"') from error
     scvi.settings.seed = seed
     view = ad.AnnData(obs=adata.obs[[batch_key]] if batch_key else pd.DataFrame(index=adata.obs_names),
-                      var=pd.DataFrame(index=adata.var_names), layers={"counts": _counts(adata, layer)})
+                      var=pd.DataFrame(index=adata.var_names), layers={"counts": count_matrix(adata, layer)})
     scvi.model.SCVI.setup_anndata(view, layer="counts", batch_key=batch_key)
     model = scvi.model.SCVI(view, n_latent=n_latent)
     model.train(max_epochs=max_epochs, **train_kwargs)

@@ -21,7 +21,7 @@ import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
 
-from .data import atomic_path
+from .data import atomic_path, count_matrix
 from .elbo import TERMS
 from .modules import GMVAEModule
 from .train import CSRLoader, Minibatch, TrainConfig, fit_module, minibatch_terms, seed_streams, select_device
@@ -39,13 +39,6 @@ def _check_counts(matrix, where: str):
     if (sample != np.round(sample)).any():
         warnings.warn(f"{where} holds values that are not whole numbers (e.g. {sample[sample != np.round(sample)][0]:.4g}); "
                       "the GMVAE models raw counts, not normalised data")
-
-def _count_matrix(adata: ad.AnnData, layer: str | None):
-    "The count matrix `adata.layers[layer]` (`adata.X` if `layer` is None), with a clear error if it is absent."
-    if layer is None: return adata.X
-    if layer not in adata.layers:
-        raise KeyError(f"adata has no layer {layer!r} (layers: {list(adata.layers) or 'none'}); pass layer=None to use adata.X")
-    return adata.layers[layer]
 
 def _batch_names(adata: ad.AnnData, batch_key: str | None) -> pd.Series:
     "Batch name (str) of every cell; a single batch '0' when `batch_key` is None."
@@ -76,7 +69,7 @@ class GMVAE:
         batches = (adata.obs[batch_key].cat.remove_unused_categories().cat.categories.astype(str)
                    if batch_key is not None and isinstance(adata.obs[batch_key].dtype, pd.CategoricalDtype)
                    else pd.Index(sorted(names.unique())))
-        _check_counts(_count_matrix(adata, layer), f"layer {layer!r}" if layer else "adata.X")
+        _check_counts(count_matrix(adata, layer), f"layer {layer!r}" if layer else "adata.X")
         if not adata.var_names.is_unique: raise ValueError("adata.var_names are not unique; make them so first")
         self._setup(adata, list(adata.var_names), list(batches), dict(n_clusters=n_clusters, **module_kwargs),
                     layer, batch_key, seed)
@@ -105,7 +98,7 @@ class GMVAE:
 @patch
 def _aligned_counts(self: GMVAE, adata: ad.AnnData):
     "The counts of `adata` with the model's genes as columns, in the model's order."
-    matrix = _count_matrix(adata, self.layer)
+    matrix = count_matrix(adata, self.layer)
     if adata.var_names.equals(self.genes): return matrix
     missing = self.genes.difference(adata.var_names, sort=False)
     if len(missing):
