@@ -48,22 +48,91 @@ def log_count_normaliser(
     return normaliser.to(log_theta.dtype)
 
 # %% ../nbs/02_distributions.ipynb #3e4ce860
+_CPU_CHUNK_ENTRIES = 2**17  # entries per chunk on the CPU: 512 KiB of float32, at home in a 2 MiB L2 cache
+
+
+class _CountTerms(torch.autograd.Function):
+    "Per row of `logits` (L, B, G): −Σ_g θ_g log1p ρ_g + Σ_{y_g>0} y_g (log ρ_g − log1p ρ_g), ρ = ℓ·softmax(h)/θ; gradients computed in the forward pass."
+
+    @staticmethod
+    def forward(ctx, logits, log_theta, log_library, rows, cols, y, chunk_rows: int):
+        n_samples, n_cells, n_genes = logits.shape
+        want_logits, want_theta, want_library = ctx.needs_input_grad[:3]
+        gene_wise = log_theta.dim() == 1  # else (L, B, G), a broadcast view
+        if gene_wise: theta_g, inv_theta_g = log_theta.exp(), torch.exp(-log_theta)
+        value = logits.new_empty(n_samples, n_cells)
+        q_sums = logits.new_empty(n_samples, n_cells)  # Q = Σ_g q_g = ∂L/∂log ℓ
+        grad_logits = torch.empty_like(logits) if want_logits else None
+        grad_log_theta = torch.empty_like(logits) if want_theta else None
+        starts = torch.searchsorted(rows, torch.arange(n_cells + 1, device=rows.device)).tolist()
+        for b0 in range(0, n_cells, chunk_rows):
+            b1 = min(n_cells, b0 + chunk_rows)
+            local_rows = rows[starts[b0]:starts[b1]] - b0
+            flat = local_rows * n_genes + cols[starts[b0]:starts[b1]]  # nonzeros of this chunk, row-major
+            y_nz = y[starts[b0]:starts[b1]]
+            if gene_wise: theta, inv_theta, log_theta_nz = theta_g, inv_theta_g, log_theta[cols[starts[b0]:starts[b1]]]
+            for l in range(n_samples):
+                h = logits[l, b0:b1]
+                h_max = h.amax(-1, keepdim=True)
+                e = torch.sub(h, h_max).exp_()
+                e_sum = e.sum(-1, keepdim=True)
+                log_scale = log_library[b0:b1, None] - e_sum.log()  # log(ℓ/S)
+                if not gene_wise:
+                    chunk_log_theta = log_theta[l, b0:b1]
+                    theta, inv_theta = chunk_log_theta.exp(), torch.exp(-chunk_log_theta)
+                    log_theta_nz = chunk_log_theta.reshape(-1).index_select(0, flat)
+                rho = torch.mul(e, inv_theta).mul_(log_scale.exp())
+                log1p_rho = torch.log1p(rho)
+                dense = log1p_rho @ theta if gene_wise else (log1p_rho * theta).sum(-1)
+                log1p_rho_nz = log1p_rho.view(-1).index_select(0, flat)
+                log_rho_nz = (h.reshape(-1).index_select(0, flat) + (log_scale - h_max).view(-1).index_select(0, local_rows)
+                              - log_theta_nz)
+                counts_part = y_nz * (log_rho_nz - log1p_rho_nz)
+                value[l, b0:b1] = torch.zeros_like(dense).index_add_(0, local_rows, counts_part) - dense
+                if not (want_logits or want_theta or want_library): continue
+                q = rho.div_(rho + 1).mul_(theta).neg_()  # −θρ/(1+ρ): q at a zero count, in place of ρ
+                q.view(-1).index_add_(0, flat, y_nz * torch.exp(-log1p_rho_nz))  # + y/(1+ρ) at the nonzeros
+                q_sum = q.sum(-1, keepdim=True)
+                q_sums[l, b0:b1] = q_sum[:, 0]
+                if want_logits: torch.addcmul(q, e, -q_sum / e_sum, out=grad_logits[l, b0:b1])  # q − s·Q
+                if want_theta: torch.addcmul(q, log1p_rho, theta, out=grad_log_theta[l, b0:b1]).neg_()  # −θ log1p ρ − q
+        ctx.save_for_backward(grad_logits, grad_log_theta, q_sums)
+        ctx.gene_wise = gene_wise
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_value):
+        grad_logits, grad_log_theta, q_sums = ctx.saved_tensors
+        weight = grad_value[..., None]
+        logits = grad_logits * weight if ctx.needs_input_grad[0] else None
+        log_theta = None
+        if ctx.needs_input_grad[1]:
+            log_theta = (grad_value.reshape(1, -1) @ grad_log_theta.flatten(0, 1))[0] if ctx.gene_wise else grad_log_theta * weight
+        log_library = (q_sums * grad_value).sum(0) if ctx.needs_input_grad[2] else None
+        return logits, log_theta, log_library, None, None, None, None
+
+
+@torch.compiler.disable  # a Python loop over chunks: compiled code calls it as it is
 def nb_log_likelihood(
     counts: Tensor,  # (B, G) dense counts of a minibatch
     logits: Tensor,  # (..., B, G) decoder logits h; the mean is ℓ·softmax(h)
     log_library: Tensor,  # (B,) log library size log ℓ
     log_theta: Tensor,  # log θ, broadcastable to `logits`: (G,), (B, G) or (..., B, G)
     nonzero: tuple[Tensor, Tensor] | None = None,  # (rows, cols) of counts' nonzeros, as from `counts.nonzero(as_tuple=True)`
+    chunk_entries: int | None = None,  # entries per chunk; default 2**17 on the CPU, all of a sample at once elsewhere
 ) -> Tensor:  # (..., B) per-cell log p(y | x)
     "Per-cell NB log-likelihood Σ_g log NB(y_g; ℓ·softmax(h)_g, θ_g); the count terms are evaluated at the nonzeros only."
     rows, cols = counts.nonzero(as_tuple=True) if nonzero is None else nonzero
-    shifted = logits - logits.detach().amax(-1, keepdim=True)  # h − max h (the shift cancels, so no gradient)
-    exp_shifted = shifted.exp()
-    log_scale = log_library[:, None] - exp_shifted.sum(-1, keepdim=True).log()  # log(ℓ/S)
-    ratio = exp_shifted * (log_scale.exp() * torch.exp(-log_theta))  # ρ = m/θ
-    log_ratio = shifted + log_scale - log_theta  # d = log ρ
-    per_gene = (log_theta.exp() + counts) * torch.log1p(ratio) - counts * log_ratio  # θ·sp(d) + y·sp(−d)
+    if len(rows) > 1 and (rows[1:] < rows[:-1]).any():  # the chunks need the nonzeros grouped by cell
+        order = torch.argsort(rows, stable=True)
+        rows, cols = rows[order], cols[order]
+    n_cells, n_genes = counts.shape
+    entries = chunk_entries or (_CPU_CHUNK_ENTRIES if logits.device.type == "cpu" else n_cells * n_genes)
+    samples = logits.reshape(-1, n_cells, n_genes)
+    sample_log_theta = log_theta if log_theta.dim() == 1 else torch.broadcast_to(log_theta, logits.shape).reshape(samples.shape)
+    y = counts[rows, cols]
+    count_terms = _CountTerms.apply(samples, sample_log_theta, log_library, rows, cols, y, max(1, entries // n_genes))
     log_theta_nonzero = torch.broadcast_to(log_theta, log_theta.shape[:-2] + counts.shape)[..., rows, cols]
-    normaliser = log_count_normaliser(counts[rows, cols], log_theta_nonzero)  # once per cell unless θ has samples
+    normaliser = log_count_normaliser(y, log_theta_nonzero)  # once per cell unless θ has samples
     per_cell = normaliser.new_zeros(normaliser.shape[:-1] + counts.shape[:1]).index_add(-1, rows, normaliser)
-    return per_cell - per_gene.sum(-1)
+    return per_cell + count_terms.reshape(logits.shape[:-1])
