@@ -63,16 +63,19 @@ def _training_parameters(args: argparse.Namespace) -> dict:
 
 # %% ../nbs/07_cli.ipynb #6f0ffbbf
 def fit_command(args: argparse.Namespace) -> Path:
-    "Fit a GMVAE to `args.data`; write the model to `OUT/model/` and the annotated data to `OUT/adata.h5ad`."
+    "Fit a GMVAE to `args.data`; write the model to `OUT/model/` and the annotated data to `OUT/adata.h5ad` (from rank 0 under `torchrun`)."
     from gmvae_nb.data import load_counts, write_h5ad
     from gmvae_nb.model import GMVAE
+    from gmvae_nb.train import process_rank
     out = Path(args.out)
     adata = load_counts(args.data, layer=None if args.layer == "X" else args.layer, batch_key=args.batch_key,
                         label_key=None)
     settings = _training_parameters(args)
     model = GMVAE(adata, n_clusters=args.n_clusters, seed=args.seed, n_x=settings.pop("n_x"), n_w=settings.pop("n_w"))
     model.fit(**settings, warmup_epochs=args.warmup_epochs, early_stopping=args.early_stopping, device=args.device,
-              progress=not args.quiet)
+              progress=not args.quiet, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+              resume=args.resume)
+    if process_rank() != 0: return out  # the other processes trained along; rank 0 writes the outputs
     model.get_latent()
     model.predict()
     model.save(out / "model", overwrite=True)
@@ -99,6 +102,11 @@ def add_fit_parser(commands) -> argparse.ArgumentParser:
     fit.add_argument("--early-stopping", action="store_true", help="stop on the validation -ELBO")
     fit.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument("--checkpoint-dir", default=None,
+                     help="write a checkpoint of the run here every --checkpoint-every epochs and after the last")
+    fit.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default: %(default)s)")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue the run checkpointed in --checkpoint-dir up to --epochs (none there: start afresh)")
     fit.set_defaults(run=fit_command)
     return fit
 
@@ -129,7 +137,8 @@ def report_command(args: argparse.Namespace) -> Path:
     return path
 
 # %% ../nbs/07_cli.ipynb #b9859e8b
-MAIN_JOB_TRAINING = {"max_epochs": 20, "n_samples": 2}  # lighter than the blog's 40 epochs, M = 10: 36 runs on 2 cores
+MAIN_JOB_TRAINING = {"max_epochs": 20, "n_samples": 2,  # lighter than the blog's 40 epochs, M = 10: 36 runs on 2 cores
+                     "n_x": 10, "n_w": 5}  # a latent sized for 2,000 cells × 1,000 genes (the blog: 80, 60)
 
 
 def main_command(args: argparse.Namespace) -> Path:
@@ -194,5 +203,5 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try: args.run(args)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, TypeError) as e:  # FileNotFoundError is an OSError
         parser.exit(1, f"gmvae-nb {args.command}: error: {e.args[0] if e.args else e}\n")

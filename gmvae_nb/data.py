@@ -23,7 +23,8 @@ from anndata.abc import CSCDataset, CSRDataset
 from anndata.io import read_elem, sparse_dataset
 
 # %% auto #0
-__all__ = ['SPLITS', 'count_matrix', 'load_counts', 'select_genes', 'split', 'atomic_path', 'write_h5ad']
+__all__ = ['SPLITS', 'check_counts', 'count_matrix', 'load_counts', 'select_genes', 'split', 'atomic_path',
+           'leftover_temporaries', 'write_h5ad']
 
 # %% ../nbs/00_data.ipynb #13dd5fa0
 _BLOCK_ENTRIES = 2**22  # stored entries read, checked and converted at a time (≈ 50 MB as float64 values + int32 indices)
@@ -96,6 +97,36 @@ def _describe_entry(block: sp.spmatrix, i: int, axis: str, offset: int, obs_name
     return f"{block.data[i]:g} at cell '{obs_names[row]}', gene '{var_names[col]}'"
 
 
+def _check_dtype(dtype: np.dtype, where: str, advice: str):
+    "Fail unless `dtype` holds numbers that can be counts: integers or floats (not booleans, complex numbers, strings or objects)."
+    if np.dtype(dtype).kind not in "iuf":
+        raise TypeError(f"{where} must hold raw counts as integers or floating-point numbers but has dtype {dtype}. {advice}")
+
+
+def _checked_blocks(
+    matrix,  # cells × features, any layout `_blocks` reads
+    genes: np.ndarray,  # sorted indices of the features to keep
+    obs_names: pd.Index,  # cell names, for error messages
+    var_names: pd.Index,  # names of the kept features, for error messages
+    where: str,  # what the matrix is, for error messages (e.g. "layers['counts']")
+    advice: str,  # what to do about invalid values, for error messages
+    block_entries: int | None = None,  # block size; `_BLOCK_ENTRIES` when None
+) -> Iterator[tuple[str, int, sp.spmatrix]]:  # the blocks of `_blocks`, in the stored dtype
+    "The blocks of `matrix[:, genes]` (see `_blocks`), checked: after the last one, a ValueError that counts every value that is not a raw count."
+    _check_dtype(matrix.dtype, where, advice)
+    found = {problem: [0, ""] for problem in _count_problems(np.empty(0))}  # problem -> [entries, first example]
+    for axis, offset, block in _blocks(matrix, genes, block_entries or _BLOCK_ENTRIES):
+        for problem, mask in _count_problems(block.data).items():
+            if mask.any():
+                if not found[problem][0]:
+                    found[problem][1] = _describe_entry(block, int(mask.argmax()), axis, offset, obs_names, var_names)
+                found[problem][0] += int(mask.sum())
+        yield axis, offset, block
+    listing = "; ".join(f"{n:,} {problem} (e.g. {example})" for problem, (n, example) in found.items() if n)
+    if listing:
+        raise ValueError(f"{where} must hold raw counts (finite, non-negative integers) but has {listing}. {advice}")
+
+
 def _read_counts(
     matrix,  # cells × features, any layout `_blocks` reads
     genes: np.ndarray,  # sorted indices of the features to keep
@@ -106,23 +137,33 @@ def _read_counts(
     block_entries: int | None = None,  # block size; `_BLOCK_ENTRIES` when None
 ) -> sp.csr_matrix:  # `matrix[:, genes]`, CSR float32, canonical
     "Read `matrix[:, genes]` block by block, check that it holds raw counts, and return it as CSR float32."
-    found = {problem: [0, ""] for problem in _count_problems(np.empty(0))}  # problem -> [entries, first example]
     blocks, axis = [], "rows"
-    for axis, offset, block in _blocks(matrix, genes, block_entries or _BLOCK_ENTRIES):
-        for problem, mask in _count_problems(block.data).items():
-            if mask.any():
-                if not found[problem][0]:
-                    found[problem][1] = _describe_entry(block, int(mask.argmax()), axis, offset, obs_names, var_names)
-                found[problem][0] += int(mask.sum())
+    for axis, offset, block in _checked_blocks(matrix, genes, obs_names, var_names, where, advice, block_entries):
         block = block.astype(np.float32)
         blocks.append(block.tocsr() if axis == "cols" else block)
-    listing = "; ".join(f"{n:,} {problem} (e.g. {example})" for problem, (n, example) in found.items() if n)
-    if listing:
-        raise ValueError(f"{where} must hold raw counts (finite, non-negative integers) but has {listing}. {advice}")
     counts = (sp.vstack if axis == "rows" else sp.hstack)(blocks, format="csr")
     counts.sum_duplicates()  # sorted indices, no duplicates (a no-op when already canonical)
     counts.eliminate_zeros()  # a stored 0 is no entry: cells without counts show as empty rows
     return counts
+
+# %% ../nbs/00_data.ipynb #c7d1e0a2
+def check_counts(
+    matrix,  # cells × genes: scipy sparse, numpy array, anndata sparse dataset (backed) or h5py dataset
+    obs_names: pd.Index,  # cell names, for error messages
+    var_names: pd.Index,  # gene names, for error messages
+    where: str = "the matrix",  # what the matrix is, for error messages (e.g. "layers['counts']")
+    advice: str = "",  # what to do about invalid values, for error messages
+    block_entries: int | None = None,  # block size; `_BLOCK_ENTRIES` when None
+) -> np.ndarray:  # each cell's total count (library size), float64
+    "Check block by block, without a copy of the whole matrix, that `matrix` holds raw counts: a TypeError for a dtype that cannot, a ValueError counting the bad values."
+    library = np.zeros(matrix.shape[0])
+    for axis, offset, block in _checked_blocks(matrix, np.arange(matrix.shape[1]), obs_names, var_names, where, advice, block_entries):
+        totals = np.asarray(block.sum(1, dtype=np.float64)).ravel()
+        if axis == "rows":
+            library[offset:offset + len(totals)] += totals
+        else:
+            library += totals
+    return library
 
 # %% ../nbs/00_data.ipynb #804b4a6d
 def _obs_column(obs: pd.DataFrame, key: str, role: str, hint: str = "") -> pd.Series:
@@ -132,15 +173,20 @@ def _obs_column(obs: pd.DataFrame, key: str, role: str, hint: str = "") -> pd.Se
     return obs[key]
 
 
+def _check_no_missing_batch(batches: pd.Series, batch_key: str):
+    "Fail if a cell has no value in `batches`, the obs column `batch_key`."
+    missing = batches.isna().to_numpy()
+    if missing.any():
+        raise ValueError(f"obs['{batch_key}'] has no value for {missing.sum():,} of {len(batches):,} cells "
+                         f"(e.g. {batches.index[missing][:3].tolist()}); every cell needs a batch: fill them in or drop those cells.")
+
+
 def _check_obs(obs: pd.DataFrame, batch_key: str, label_key: str | None):
     "Check that the batch (and label) columns exist and that every cell has a batch."
     batches = _obs_column(obs, batch_key, "batch", " Pass batch_key=<column> naming the batches.")
     if label_key is not None:
         _obs_column(obs, label_key, "label", " Pass label_key=<column>, or label_key=None for unlabelled data.")
-    missing = batches.isna().to_numpy()
-    if missing.any():
-        raise ValueError(f"obs['{batch_key}'] has no value for {missing.sum():,} of {len(obs):,} cells "
-                         f"(e.g. {obs.index[missing][:3].tolist()}); every cell needs a batch: fill them in or drop those cells.")
+    _check_no_missing_batch(batches, batch_key)
 
 
 def _feature_indices(var: pd.DataFrame, feature_type: str | None) -> np.ndarray:
@@ -203,8 +249,13 @@ def _pick_matrix(X, layers: Mapping, layer: str | None, origin: str):
     return layers[layer]
 
 def count_matrix(adata: ad.AnnData, layer: str | None = "counts"):
-    "The counts of an in-memory `adata`: `layers[layer]` (`X` for None), or a KeyError listing the layers."
-    return _pick_matrix(adata.X, adata.layers, layer, "adata")
+    "The counts of `adata`: `layers[layer]` (`X` for None, on disk if `adata` is backed), or a KeyError listing the layers."
+    matrix = _pick_matrix(adata.X, adata.layers, layer, "adata")
+    if adata.isbacked and layer is not None:
+        warnings.warn(f"adata is backed by '{adata.filename}', but anndata has read its layers, layers['{layer}'] among "
+                      "them, into memory: only X stays on disk. To train from disk, keep the counts in X and pass layer=None.",
+                      stacklevel=2)
+    return matrix
 
 
 def _as_categories(values: pd.Series) -> pd.Categorical:
@@ -255,14 +306,21 @@ def load_counts(
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"No h5ad file at '{path}' (resolved: '{path.resolve()}').")
-    with h5py.File(path, "r") as file:
-        layers = file.get("layers", {})
-        element = _pick_matrix(file.get("X"), layers, layer, f"'{path}'")
-        matrix = sparse_dataset(element) if isinstance(element, h5py.Group) else element
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ad.OldFormatWarning)  # obs/var written by anndata < 0.7 (the starter files) read fine
-            obs, var = read_elem(file["obs"]), read_elem(file["var"])
-        return _load(matrix, obs, var, list(layers), source=str(path.resolve()), **settings)
+    try:
+        with h5py.File(path, "r") as file:
+            if not {"obs", "var"} <= set(file):
+                raise ValueError(f"'{path}' is an HDF5 file but not an h5ad file: it has no obs and var (top level: {sorted(file)}).")
+            layers = file.get("layers", {})
+            element = _pick_matrix(file.get("X"), layers, layer, f"'{path}'")
+            matrix = sparse_dataset(element) if isinstance(element, h5py.Group) else element
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ad.OldFormatWarning)  # obs/var written by anndata < 0.7 (the starter files) read fine
+                obs, var = read_elem(file["obs"]), read_elem(file["var"])
+            return _load(matrix, obs, var, list(layers), source=str(path.resolve()), **settings)
+    except PermissionError:
+        raise
+    except (OSError, RuntimeError) as error:  # what h5py raises on a file that is not HDF5, truncated or damaged
+        raise OSError(f"Cannot read '{path}': it is not an h5ad file, or it is truncated or corrupt (HDF5: {error}).") from error
 
 # %% ../nbs/00_data.ipynb #7707c488
 def select_genes(
@@ -337,13 +395,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     "A temporary path beside `path` for a writer; renamed to `path` if the block succeeds, removed if it fails."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)  # see `leftover_temporaries`
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def leftover_temporaries(path: str | Path) -> list[Path]:
+    "Temporary files of `atomic_path(path)` blocks whose process was killed before it could remove them."
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.stem}.*.tmp{path.suffix}"))
 
 
 def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:

@@ -21,24 +21,28 @@ import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
 
-from .data import atomic_path, count_matrix
+from .data import _check_no_missing_batch, _check_unique, atomic_path, check_counts, count_matrix
 from .elbo import TERMS
 from .modules import GMVAEModule
-from .train import CSRLoader, Minibatch, TrainConfig, fit_module, minibatch_terms, seed_streams, select_device
+from .train import (CSRLoader, DiskRows, Minibatch, TrainConfig, fit_module, minibatch_terms, on_disk,
+                            process_rank, seed_streams, select_device)
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'GMVAE']
 
 # %% ../nbs/06_model.ipynb #4104dd22
-def _check_counts(matrix, where: str):
-    "Raise on negative values in `matrix`; warn if a sample of its values is not whole numbers."
-    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix).ravel()
-    if values.size and values.min() < 0:
-        raise ValueError(f"{where} holds {(values < 0).sum():,} negative values; the GMVAE needs raw counts")
-    sample = values[:100_000]
-    if (sample != np.round(sample)).any():
-        warnings.warn(f"{where} holds values that are not whole numbers (e.g. {sample[sample != np.round(sample)][0]:.4g}); "
-                      "the GMVAE models raw counts, not normalised data")
+def _check_counts(adata: ad.AnnData, layer: str | None):
+    "Fail unless `adata.layers[layer]` (`X` for None) holds raw counts (see `check_counts`); warn about cells without counts."
+    where = "X" if layer is None else f"layers['{layer}']"
+    advice = f"The GMVAE models raw counts: point `layer` at them (layers: {list(adata.layers)}; layer=None uses X)."
+    library = check_counts(count_matrix(adata, layer), adata.obs_names, adata.var_names, where, advice)
+    empty = library == 0
+    if empty.all():
+        raise ValueError(f"All {len(empty):,} cells have zero counts in {where}: is it the right layer?")
+    if empty.any():
+        warnings.warn(f"{empty.sum():,} of {len(empty):,} cells have zero counts in {where} (e.g. {adata.obs_names[empty][:5].tolist()}); "
+                      "they are kept, with library size 1, and all map to the same point: drop them first to leave them out",
+                      stacklevel=3)
 
 def _batch_names(adata: ad.AnnData, batch_key: str | None) -> pd.Series:
     "Batch name (str) of every cell; a single batch '0' when `batch_key` is None."
@@ -46,7 +50,7 @@ def _batch_names(adata: ad.AnnData, batch_key: str | None) -> pd.Series:
     if batch_key not in adata.obs:
         raise KeyError(f"obs has no column {batch_key!r} (columns: {list(adata.obs.columns)}); pass batch_key=None for single-batch data")
     names = adata.obs[batch_key]
-    if names.isna().any(): raise ValueError(f"obs[{batch_key!r}] has no value for {names.isna().sum():,} cells")
+    _check_no_missing_batch(names, batch_key)
     return names.astype(str)
 
 def _names_preview(names, n: int = 5) -> str:
@@ -65,14 +69,20 @@ class GMVAE:
                  batch_key: str | None = "batch",  # obs column of batches; None for a single batch
                  seed: int = 0,                # seeds the initial weights, the training and the per-cell outputs
                  **module_kwargs):             # passed to `GMVAEModule` (n_x, n_w, encoder_hidden, dispersion, …)
+        if not isinstance(adata, ad.AnnData):
+            raise TypeError(f"GMVAE needs an AnnData, got {type(adata).__name__}: read a file with "
+                            "gmvae_nb.data.load_counts (or anndata.read_h5ad) first")
+        if not adata.n_obs or not adata.n_vars:
+            raise ValueError(f"adata holds no data: {adata.n_obs:,} cells × {adata.n_vars:,} genes")
         names = _batch_names(adata, batch_key)
         batches = (adata.obs[batch_key].cat.remove_unused_categories().cat.categories.astype(str)
                    if batch_key is not None and isinstance(adata.obs[batch_key].dtype, pd.CategoricalDtype)
                    else pd.Index(sorted(names.unique())))
-        _check_counts(count_matrix(adata, layer), f"layer {layer!r}" if layer else "adata.X")
-        if not adata.var_names.is_unique: raise ValueError("adata.var_names are not unique; make them so first")
+        _check_unique(adata.var_names)
+        # the module checks its arguments (n_clusters ≥ 1, …) before the counts, the one check that reads all the data
         self._setup(adata, list(adata.var_names), list(batches), dict(n_clusters=n_clusters, **module_kwargs),
                     layer, batch_key, seed)
+        _check_counts(adata, layer)
 
     def _setup(self, adata, genes, batches, module_kwargs, layer, batch_key, seed):
         self.adata, self.layer, self.batch_key, self.seed = adata, layer, batch_key, seed
@@ -97,7 +107,7 @@ class GMVAE:
 # %% ../nbs/06_model.ipynb #814c02c0
 @patch
 def _aligned_counts(self: GMVAE, adata: ad.AnnData):
-    "The counts of `adata` with the model's genes as columns, in the model's order."
+    "The counts of `adata` with the model's genes as columns, in the model's order (picked minibatch by minibatch when on disk)."
     matrix = count_matrix(adata, self.layer)
     if adata.var_names.equals(self.genes): return matrix
     missing = self.genes.difference(adata.var_names, sort=False)
@@ -105,7 +115,8 @@ def _aligned_counts(self: GMVAE, adata: ad.AnnData):
         raise ValueError(f"{len(missing):,} of the model's {len(self.genes):,} genes are missing from adata.var_names: "
                          f"{_names_preview(missing)}")
     if not adata.var_names.is_unique: raise ValueError("adata.var_names are not unique; make them so first")
-    return matrix[:, adata.var_names.get_indexer(self.genes)]
+    columns = adata.var_names.get_indexer(self.genes)
+    return DiskRows(matrix, columns) if on_disk(matrix) else matrix[:, columns]
 
 @patch
 def _batch_codes(self: GMVAE, adata: ad.AnnData) -> np.ndarray:
@@ -122,6 +133,7 @@ def _loader(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024) -> tu
     "`adata` (the training data if None) and a loader over its cells in order."
     adata = self.adata if adata is None else adata
     if adata.n_obs == 0: raise ValueError("adata has no cells")
+    if adata is not self.adata: _check_counts(adata, self.layer)  # the training data were checked by the constructor
     return adata, CSRLoader(self._aligned_counts(adata), self._batch_codes(adata), batch_size=batch_size)
 
 # %% ../nbs/06_model.ipynb #2f9c14df
@@ -142,13 +154,19 @@ def fit(self: GMVAE,
         split_key: str | None = "split",  # obs column with train/validation/test; None or absent: train on all cells
         device: str = "auto",             # auto|cpu|cuda|mps
         progress: bool = True,            # show a tqdm bar with the loss terms
+        checkpoint_dir: str | Path | None = None,  # write a checkpoint of the run to this folder (see train)
+        checkpoint_every: int = 1,        # epochs between checkpoints (one is also written after the last epoch)
+        resume: bool = False,             # continue the run checkpointed in `checkpoint_dir` up to `max_epochs`
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
-    "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model."
+    "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
     config = TrainConfig(**kwargs)
     train, validation = self._split_indices(split_key)
     adata = self.adata
+    identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
+                    model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)})
     history = fit_module(self.module, self._aligned_counts(adata), self._batch_codes(adata), train, validation,
-                         config, device=device, seed=self.seed + len(self.history), progress=progress)
+                         config, device=device, seed=self.seed + len(self.history), progress=progress,
+                         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume, identity=identity)
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
     self.train_config = asdict(config)
@@ -231,9 +249,10 @@ def _normalisation(module: GMVAEModule) -> dict:
 
 @patch
 def save(self: GMVAE, path: str | Path, overwrite: bool = False) -> Path:
-    "Write the model (config, weights, genes, batches, normalisation constants, history) to the folder `path`."
+    "Write the model (config, weights, genes, batches, normalisation constants, history) to the folder `path`; under `torchrun`, from rank 0 only."
     from gmvae_nb import __version__
     path = Path(path)
+    if process_rank() != 0: return path
     if (path / "config.json").exists() and not overwrite:
         raise FileExistsError(f"'{path}' already holds a saved model; pass overwrite=True to replace it")
     path.mkdir(parents=True, exist_ok=True)
@@ -265,5 +284,5 @@ def load(cls: GMVAE, path: str | Path, adata: ad.AnnData, device: str = "auto") 
     try: model.history = pd.read_csv(path / "history.csv", float_precision="round_trip")
     except (FileNotFoundError, pd.errors.EmptyDataError): pass  # saved before training
     model.train_config = config.get("training")
-    model._aligned_counts(adata), model._batch_codes(adata)  # fail now, not at the first call, on wrong genes or batches
+    model._aligned_counts(adata), model._batch_codes(adata), _check_counts(adata, model.layer)  # fail now, not at the first call
     return model

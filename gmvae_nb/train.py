@@ -7,24 +7,37 @@ Docs: https://gmvae-nb.github.io/gmvae-nb/train.html.md"""
 # %% ../nbs/05_train.ipynb #5ea7f950
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import hashlib
 import math
+import os
+import platform
 import time
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .data import atomic_path, leftover_temporaries
 from .elbo import TERMS
 from .elbo import loss as elbo_loss
 
 # %% auto #0
-__all__ = ['SEED_STREAMS', 'select_device', 'seed_streams', 'Minibatch', 'CSRLoader', 'TrainConfig', 'check_finite',
-           'minibatch_terms', 'train_epoch', 'evaluate', 'fit_module']
+__all__ = ['SEED_STREAMS', 'READ_AHEAD', 'LOADER_THREAD', 'CHECKPOINT_FILE', 'select_device', 'seed_streams', 'Minibatch',
+           'on_disk', 'DiskRows', 'CSRLoader', 'TrainConfig', 'check_finite', 'process_rank', 'world_size',
+           'process_group', 'ShardedLoader', 'minibatch_terms', 'train_epoch', 'evaluate', 'read_checkpoint',
+           'rows_identity', 'check_identity', 'reused_heap', 'fit_module']
 
 # %% ../nbs/05_train.ipynb #6c73edf3
 def _mps_available() -> bool:
@@ -67,18 +80,93 @@ class Minibatch(NamedTuple):
         move = lambda t: t.to(device, non_blocking=True)
         return Minibatch(move(self.counts), move(self.batch), tuple(map(move, self.nonzero)), self.index)
 
+# %% ../nbs/05_train.ipynb #7dcfabe4
+import queue
+import threading
+
+import h5py
+from anndata.abc import CSCDataset, CSRDataset
+
+
+def on_disk(matrix) -> bool:
+    "Whether `matrix` lives in a file (anndata's backed sparse dataset, an HDF5 dataset, `DiskRows`) rather than in memory."
+    return isinstance(matrix, (DiskRows, CSRDataset, CSCDataset, h5py.Dataset))
+
+
+class DiskRows:
+    "Rows of a cells × genes matrix in an HDF5 file, read on demand as CSR; `columns` picks and orders the genes."
+    def __init__(self,
+                 matrix,                              # anndata `CSRDataset` (a backed `adata.X`) or a dense `h5py.Dataset`
+                 columns: np.ndarray | None = None):  # genes to keep, in this order (default: all)
+        self.matrix = matrix
+        group = matrix.group if isinstance(matrix, (CSRDataset, CSCDataset)) else matrix
+        self.source = f"'{group.file.filename}' {group.name}"
+        if isinstance(matrix, CSCDataset):
+            raise ValueError(f"The counts at {self.source} are stored CSC: every minibatch of cells would read the "
+                             "whole matrix. Rewrite the file with CSR counts, or load it into memory.")
+        self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
+        self.shape = (matrix.shape[0], matrix.shape[1] if columns is None else len(self.columns))
+
+    def __getitem__(self, rows: np.ndarray) -> sp.csr_matrix:
+        "Rows `rows` (in any order, repeats allowed): read in increasing order, as HDF5 requires, then put in the order asked."
+        unique, position = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+        block = sp.csr_matrix(self.matrix[unique])[position]
+        return block if self.columns is None else block[:, self.columns]
+
+    def __repr__(self) -> str: return f"DiskRows({self.source}, {self.shape[0]:,} × {self.shape[1]:,})"
+
+# %% ../nbs/05_train.ipynb #5e53e72d
+READ_AHEAD = 4  # minibatches that `CSRLoader` prepares ahead of the consumer when it reads from disk
+LOADER_THREAD = "gmvae_nb loader"  # name of the background thread
+
+
+class _ReadFailed(NamedTuple):
+    error: Exception
+
+
+def _read_ahead(read, parts: list[np.ndarray], depth: int, source: str) -> Iterator:
+    "`read(part)` for each of `parts` in order, computed up to `depth` parts ahead in a background thread that stops when the pass ends, breaks or fails."
+    ready, stop = queue.Queue(maxsize=depth), threading.Event()
+
+    def work():
+        for part in parts:
+            if stop.is_set(): return
+            try: result = read(part)
+            except Exception as error:
+                error.add_note(f"raised in the background loader while it read rows {part[:5].tolist()}"
+                               f"{' …' if len(part) > 5 else ''} ({len(part)} in all) from {source}")
+                ready.put(_ReadFailed(error))
+                return
+            ready.put(result)
+
+    thread = threading.Thread(target=work, name=LOADER_THREAD, daemon=True)
+    thread.start()
+    try:
+        for _ in parts:
+            result = ready.get()
+            if isinstance(result, _ReadFailed): raise result.error
+            yield result
+    finally:
+        stop.set()
+        while not ready.empty(): ready.get()  # room for a `put` the thread may wait in; then it sees `stop`
+        thread.join()
+
 # %% ../nbs/05_train.ipynb #8c516773
 class CSRLoader:
-    "Minibatches of rows `indices` of `counts` (cells × genes, sparse or dense), densified one minibatch at a time."
+    "Minibatches of rows `indices` of `counts` (cells × genes, in memory or on disk), densified one minibatch at a time."
     def __init__(self,
-                 counts,                         # cells × genes; scipy sparse (converted to CSR) or a numpy array
+                 counts,                         # cells × genes; scipy sparse (converted to CSR), a numpy array, or on disk (see `on_disk`)
                  batch_codes: np.ndarray,        # (cells,) integer batch code of every cell
                  indices: np.ndarray | None = None,  # rows to iterate over (default: all)
                  batch_size: int = 128,
                  shuffle: bool = False,          # a fresh seeded permutation on every pass
-                 seed: int = 0):
+                 seed: int = 0,
+                 read_ahead: int | None = None): # minibatches prepared ahead in a background thread (default: `READ_AHEAD` on disk, 0 in memory)
+        if on_disk(counts) and not isinstance(counts, DiskRows): counts = DiskRows(counts)
         if sp.issparse(counts) and counts.format != "csr": counts = counts.tocsr()
         if batch_size < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.read_ahead = (READ_AHEAD if on_disk(counts) else 0) if read_ahead is None else read_ahead
+        if self.read_ahead < 0: raise ValueError(f"read_ahead must be 0 or more, got {read_ahead}")
         if len(batch_codes) != counts.shape[0]:
             raise ValueError(f"batch_codes has {len(batch_codes)} entries for {counts.shape[0]} cells")
         self.counts, self.batch_codes = counts, np.asarray(batch_codes, dtype=np.int64)
@@ -106,8 +194,11 @@ class CSRLoader:
 
     def __iter__(self) -> Iterator[Minibatch]:
         order = self.rng.permutation(self.indices) if self.shuffle else self.indices
-        for start in range(0, len(order), self.batch_size):
-            yield self.minibatch(order[start:start + self.batch_size])
+        parts = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        if self.read_ahead:
+            yield from _read_ahead(self.minibatch, parts, self.read_ahead, repr(self.counts))
+        else:
+            yield from map(self.minibatch, parts)
 
 # %% ../nbs/05_train.ipynb #a4b85ed4
 @dataclass
@@ -152,11 +243,73 @@ def check_finite(values: dict[str, float], epoch: int, where: str):
                 f"epoch {epoch}: {where} {name!r} became non-finite ({value}); try a lower lr, grad_clip, "
                 f"warmup_epochs or kl_z_threshold")
 
+# %% ../nbs/05_train.ipynb #7ba72006
+def process_rank() -> int:
+    "This process's rank among the processes `torchrun` started (0 when it runs alone)."
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+def world_size() -> int:
+    "How many processes train together (`WORLD_SIZE` under `torchrun`, else 1)."
+    if dist.is_available() and dist.is_initialized(): return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[torch.device]:
+    "This process's device; under `torchrun` (WORLD_SIZE > 1) inside the process group (gloo on the CPU, NCCL on `cuda:LOCAL_RANK`), started here and ended on exit unless the caller had started it."
+    if world_size() == 1:
+        yield device
+        return
+    if device.type == "cuda":
+        if device.index is None: device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    started = not dist.is_initialized()
+    if started: dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try: yield device
+    finally:
+        if started: dist.destroy_process_group()
+
+def _sum_over_pieces(loader: CSRLoader, values: list[float]) -> list[float]:
+    "`values` added up over the processes that each hold one piece of `loader`'s minibatches (as they are for a plain `CSRLoader`)."
+    if getattr(loader, "world_size", 1) == 1: return values
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
+
+def _shard_bounds(n: int, rank: int, n_pieces: int) -> tuple[int, int]:
+    "Start and stop of piece `rank` when `n` rows are cut into `n_pieces` contiguous pieces whose sizes differ by at most one."
+    size, extra = divmod(n, n_pieces)
+    start = rank * size + min(rank, extra)
+    return start, start + size + (rank < extra)
+
+class ShardedLoader(CSRLoader):
+    "A `CSRLoader` that yields, of each of its minibatches, the contiguous piece of process `rank` of `world_size`."
+    def __init__(self, *args, rank: int = 0, world_size: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not 0 <= rank < world_size: raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        self.rank, self.world_size = rank, world_size
+
+    def window(self, step: int) -> tuple[int, int, int]:
+        "Cells of the whole minibatch `step` (0-based), and the start and stop of this process's piece of it."
+        n = min(self.batch_size, self.n_cells - step * self.batch_size)
+        return (n, *_shard_bounds(n, self.rank, self.world_size))
+
+    def minibatch(self, rows: np.ndarray) -> Minibatch:
+        "The dense minibatch of this process's piece of the matrix rows `rows`."
+        return super().minibatch(rows[slice(*_shard_bounds(len(rows), self.rank, self.world_size))])
+
+def _window(loader: CSRLoader, step: int, mb: Minibatch) -> tuple[int, int, int]:
+    "Cells of the whole minibatch `step` of `loader`, and the start and stop of `mb`, this process's piece of it."
+    if isinstance(loader, ShardedLoader): return loader.window(step)
+    return len(mb.index), 0, len(mb.index)
+
 # %% ../nbs/05_train.ipynb #00032ac0
 def minibatch_terms(module: nn.Module, mb: Minibatch, n_samples: int, generator: torch.Generator | None,
-                    elbo=None) -> dict[str, torch.Tensor]:
-    "Per-cell rec, kl_w, kl_z, cond (B,) and proba (B, K) of `module` on `mb` from `n_samples` draws of `generator`; `elbo` replaces `module.elbo` (e.g. compiled)."
-    noise = module.sample_noise(len(mb.index), n_samples, generator)
+                    elbo=None, window: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
+    "Per-cell rec, kl_w, kl_z, cond (B,) and proba (B, K) of `module` on `mb` from `n_samples` draws of `generator`; `elbo` replaces `module.elbo` (e.g. compiled); `window` = (n, start, stop): `mb` is rows start:stop of an n-cell minibatch, whose noise is drawn."
+    n, start, stop = window or (len(mb.index), 0, len(mb.index))
+    noise = module.sample_noise(n, n_samples, generator)[:, start:stop]
     return (elbo or module.elbo)(mb.counts, mb.batch, noise, mb.nonzero)
 
 # %% ../nbs/05_train.ipynb #5e21e386
@@ -166,49 +319,166 @@ def _to_host(means: dict[str, torch.Tensor], *extra: torch.Tensor) -> list[float
 def train_epoch(module: nn.Module, loader: CSRLoader, optimizer: torch.optim.Optimizer, config: TrainConfig,
                 epoch: int, first_step: int, generator: torch.Generator, device: torch.device,
                 elbo=None, bar: tqdm | None = None) -> dict[str, float]:
-    "One pass over `loader`; returns the cell-weighted means of the four terms and the last KL weight."
+    "One pass over `loader`; returns the cell-weighted means of the four terms (over all processes) and the last KL weight. With a `ShardedLoader`, `elbo` is a DDP wrapper's forward."
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
-    sums, weight = dict.fromkeys(TERMS, 0.0), 1.0
+    sums, cells, weight = dict.fromkeys(TERMS, 0.0), 0, 1.0
+    n_pieces = getattr(loader, "world_size", 1)
     for i, mb in enumerate(loader):
+        n, start, stop = _window(loader, i, mb)
+        if n < n_pieces: continue  # some process would have no cell: every process skips this minibatch
         mb = mb.to(device)
         weight = config.kl_weight_at(first_step + i, len(loader))
-        terms = minibatch_terms(module, mb, config.n_samples, generator, elbo)
+        terms = minibatch_terms(module, mb, config.n_samples, generator, elbo, (n, start, stop))
         objective, means = elbo_loss(terms, kl_z_threshold=config.kl_z_threshold, kl_weight=weight)
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        (objective * ((stop - start) * n_pieces / n)).backward()  # DDP averages over processes: the mean over n cells
         norm = nn.utils.clip_grad_norm_(params, config.grad_clip or math.inf)
         *values, norm = _to_host(means, norm)
         check_finite(dict(zip(TERMS, values)), epoch, "training term")
         check_finite({"gradient norm": norm}, epoch, "the")
         optimizer.step()
         for t, v in zip(TERMS, values): sums[t] += v * len(mb.index)
+        cells += len(mb.index)
         if bar is not None: bar.update()
-    return {**{t: s / loader.n_cells for t, s in sums.items()}, "kl_weight": weight}
+    *totals, cells = _sum_over_pieces(loader, [*sums.values(), cells])
+    return {**{t: s / cells for t, s in zip(TERMS, totals)}, "kl_weight": weight}
 
 # %% ../nbs/05_train.ipynb #c9a840eb
 @torch.no_grad()
 def evaluate(module: nn.Module, loader: CSRLoader, n_samples: int = 10, seed: int = 0,
              device: torch.device | str = "cpu", elbo=None) -> dict[str, float]:
-    "Cell-weighted means of the four terms over `loader` in eval mode, with noise seeded by `seed`."
+    "Cell-weighted means of the four terms over `loader` (over all processes' pieces for a `ShardedLoader`) in eval mode, with noise seeded by `seed`."
     device = torch.device(device)
     was_training = module.training
     module.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     sums = dict.fromkeys(TERMS, 0.0)
     try:
-        for mb in loader:
-            terms = minibatch_terms(module, mb.to(device), n_samples, generator, elbo)
+        for i, mb in enumerate(loader):
+            window = _window(loader, i, mb)
+            if len(mb.index) == 0: continue  # an empty piece can only be the last: no later noise to keep in step
+            terms = minibatch_terms(module, mb.to(device), n_samples, generator, elbo, window)
             for t, v in zip(TERMS, torch.stack([terms[t].sum() for t in TERMS]).tolist()): sums[t] += v
     finally:
         module.train(was_training)
-    return {t: s / loader.n_cells for t, s in sums.items()}
+    return {t: s / loader.n_cells for t, s in zip(TERMS, _sum_over_pieces(loader, list(sums.values())))}
+
+# %% ../nbs/05_train.ipynb #f7505f56
+CHECKPOINT_FILE = "checkpoint.pt"
+
+def read_checkpoint(folder: str | Path) -> dict | None:
+    "The checkpoint in `folder`, or None if it has none."
+    path = Path(folder) / CHECKPOINT_FILE
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+def rows_identity(rows: np.ndarray | None) -> str | None:
+    "How many `rows` and a digest of which, in order."
+    if rows is None: return None
+    digest = hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return f"{len(rows):,} cells, sha256 {digest}"
+
+def _flat(entries: dict, prefix: str = "") -> dict:
+    "Nested dicts as one dict with dotted keys."
+    flat = {}
+    for key, value in entries.items():
+        if isinstance(value, dict): flat.update(_flat(value, f"{prefix}{key}."))
+        else: flat[f"{prefix}{key}"] = value
+    return flat
+
+def _describe(value, other) -> str:
+    "`value` in a few words; for a long list, its length and its first entry that differs from `other`."
+    if not isinstance(value, (list, tuple)) or len(value) <= 5: return repr(value)
+    pairs = zip(value, other) if isinstance(other, (list, tuple)) else ()
+    at = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(value), len(other or ())))
+    return f"{len(value):,} entries, " + (f"{value[at]!r} at position {at}" if at < len(value) else f"ending at position {at}")
+
+def check_identity(saved: dict, current: dict, folder: str | Path):
+    "Raise a ValueError naming the first entry (a dotted key) in which the identity of the checkpoint in `folder` differs from the current run's."
+    saved, current = _flat(saved), _flat(current)
+    for key in [*current, *(key for key in saved if key not in current)]:
+        old, new = saved.get(key), current.get(key)
+        if old != new:
+            raise ValueError(f"the checkpoint in '{folder}' is of another run: its {key} is {_describe(old, new)}, this run's "
+                             f"is {_describe(new, old)}; resume with the same data, model and settings (max_epochs may "
+                             f"differ), or pass another checkpoint_dir")
+
+# %% ../nbs/05_train.ipynb #b83f20e6
+_MALLOC_ENVIRONMENT = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+                       "GLIBC_TUNABLES")
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (glibc's malloc.h)
+_GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}
+_HEAP_SETTINGS = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 2**30}
+_heap_users = 0  # nesting depth of `reused_heap`
+
+def _glibc() -> ctypes.CDLL | None:
+    "glibc, or None on other C libraries and when the environment already tunes malloc."
+    if platform.libc_ver()[0] != "glibc" or any(name in os.environ for name in _MALLOC_ENVIRONMENT): return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+@contextmanager
+def reused_heap() -> Iterator[bool]:
+    "Within the block glibc serves big allocations from a heap it keeps instead of fresh zeroed pages; yields whether it applies."
+    global _heap_users
+    libc = _glibc()
+    if libc is not None and _heap_users == 0:
+        for parameter, value in _HEAP_SETTINGS.items(): libc.mallopt(parameter, value)
+    _heap_users += 1
+    try: yield libc is not None
+    finally:
+        _heap_users -= 1
+        if libc is not None and _heap_users == 0:
+            for parameter, value in _GLIBC_DEFAULTS.items(): libc.mallopt(parameter, value)
+            libc.malloc_trim(0)
 
 # %% ../nbs/05_train.ipynb #72adf6b6
 def _forked_rng(device: torch.device):
     "A context in which torch's global generators of the CPU and of `device` may be re-seeded and are restored on exit."
     if device.type == "cpu": return torch.random.fork_rng(devices=[])
     return torch.random.fork_rng(devices=[device], device_type=device.type)
+
+def _dropout_rng(device: torch.device) -> dict:
+    "The states of torch's global generators that draw the dropout masks: the CPU's and a CUDA `device`'s."
+    return dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+def _set_dropout_rng(states: list[dict], device: torch.device):
+    "Restore this process's generators from the `states` of all the processes of a checkpointed run."
+    if len(states) != world_size():
+        warnings.warn(f"the checkpoint was written by {len(states)} processes and is resumed by {world_size()}: "
+                      "the dropout masks from here on differ from those of the uninterrupted run")
+        return
+    state = states[process_rank()]
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None and device.type == "cuda": torch.cuda.set_rng_state(state["cuda"], device)
+
+def _gathered(value) -> list:
+    "`value` of every process, in rank order (a collective call under `torchrun`)."
+    if world_size() == 1: return [value]
+    values = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+def _read_on_rank_0(folder: str | Path) -> dict | None:
+    "The checkpoint in `folder` as rank 0 reads it, sent to every process."
+    state = [read_checkpoint(folder) if process_rank() == 0 else None]
+    if world_size() > 1: dist.broadcast_object_list(state, src=0)
+    return state[0]
+
+def _write_checkpoint(folder: str | Path, state: dict, device: torch.device):
+    "Write `state` and every process's dropout generators to the checkpoint in `folder` from rank 0, atomically."
+    state = {**state, "dropout_rng": _gathered(_dropout_rng(device))}
+    if process_rank() == 0:
+        path = Path(folder) / CHECKPOINT_FILE
+        for leftover in leftover_temporaries(path): leftover.unlink(missing_ok=True)  # of writes killed midway
+        with atomic_path(path) as tmp: torch.save(state, tmp)
+
+@contextmanager
+def _through_ddp(module: nn.Module, device: torch.device, compile: bool):
+    "`module.elbo` called through the forward of a `DistributedDataParallel` wrapper, whose backward averages the gradients over the processes; the wrapper is freed on exit, while the process group lives (freed after it, it can hang)."
+    wrappers = [DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)]
+    if compile: wrappers[0] = torch.compile(wrappers[0], dynamic=True)
+    try: yield lambda counts, batch, noise, nonzero: wrappers[0](counts, batch, noise=noise, nonzero=nonzero)
+    finally: wrappers.clear()
 
 def _with_neg_elbo(means: dict[str, float]) -> dict[str, float]:
     return {**{t: means[t] for t in TERMS}, "neg_elbo": sum(means[t] for t in TERMS)}
@@ -220,61 +490,93 @@ def _postfix(row: dict) -> dict[str, str]:
 
 # %% ../nbs/05_train.ipynb #78b5a40e
 def fit_module(module: nn.Module,
-               counts,                                   # cells × genes counts (sparse CSR preferred, or dense)
+               counts,                                   # cells × genes counts (sparse CSR preferred, dense, or on disk)
                batch_codes: np.ndarray,                  # (cells,) integer batch codes
                train_indices: np.ndarray | None = None,  # rows to train on (default: all)
                validation_indices: np.ndarray | None = None,  # rows to validate on every epoch (default: none)
                config: TrainConfig | None = None,
                device: str | torch.device = "auto",
                seed: int = 0,
-               progress: bool = True) -> pd.DataFrame:
-    "Train `module` in place on the rows `train_indices` of `counts` and leave it in eval mode; returns the per-epoch history."
+               progress: bool = True,
+               checkpoint_dir: str | Path | None = None, # folder of the run's checkpoint; None: no checkpoints
+               checkpoint_every: int = 1,                # epochs between checkpoints (one is also written after the last epoch)
+               resume: bool = False,                     # continue from the checkpoint in `checkpoint_dir` (none there: start afresh)
+               identity: dict | None = None,             # what else a checkpoint must match to be resumed (e.g. genes); saved in it
+              ) -> pd.DataFrame:
+    "Train `module` in place on the rows `train_indices` of `counts` and leave it in eval mode; returns the per-epoch history. Under `torchrun`, the processes train together."
     config = config or TrainConfig()
-    device = select_device(device)
+    if checkpoint_every < 1: raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
+    if resume and checkpoint_dir is None: raise ValueError("resume=True needs the checkpoint_dir to resume from")
     if validation_indices is not None and len(validation_indices) == 0: validation_indices = None
     if config.early_stopping and validation_indices is None:
         raise ValueError("early_stopping needs validation cells, and there are none")
     seeds = seed_streams(seed)
-    train = CSRLoader(counts, batch_codes, train_indices, config.batch_size, shuffle=True, seed=seeds["shuffle"])
-    if train.n_cells == 0: raise ValueError("there are no cells to train on")
-    validation = (None if validation_indices is None else
-                  CSRLoader(train.counts, batch_codes, validation_indices, max(config.batch_size, 1024)))
-    module.to(device)
-    elbo = torch.compile(module.elbo, dynamic=True) if config.compile else None
-    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator(device=device).manual_seed(seeds["samples"])
-    history, best, best_epoch, best_state, waited, stopped_early = [], math.inf, 0, None, 0, False
-    bar = tqdm(total=config.max_epochs * len(train), disable=not progress, unit="step", dynamic_ncols=True)
-    with _forked_rng(device):
-        torch.manual_seed(seeds["dropout"])
-        for epoch in range(1, config.max_epochs + 1):
-            started = time.perf_counter()
-            for group in optimizer.param_groups: group["lr"] = config.lr_at(epoch)
-            bar.set_description(f"epoch {epoch}/{config.max_epochs}")
-            means = train_epoch(module, train, optimizer, config, epoch, (epoch - 1) * len(train) + 1,
-                                generator, device, elbo, bar)
-            row = {"epoch": epoch, "lr": config.lr_at(epoch), "kl_weight": means.pop("kl_weight"),
-                   **{f"train_{k}": v for k, v in _with_neg_elbo(means).items()}}
-            if validation is not None:
-                val = evaluate(module, validation, config.n_samples, seeds["validation"], device, elbo)
-                check_finite(val, epoch, "validation term")
-                row.update({f"validation_{k}": v for k, v in _with_neg_elbo(val).items()})
-            row["seconds"] = time.perf_counter() - started
-            history.append(row)
-            bar.set_postfix(_postfix(row))
-            if validation is None: best_epoch = epoch
-            elif row["validation_neg_elbo"] < best - config.min_delta:
-                best, best_epoch, waited = row["validation_neg_elbo"], epoch, 0
-                if config.early_stopping:
-                    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            else:
-                waited += 1
-                if config.early_stopping and waited >= config.patience:
-                    stopped_early = True
-                    break
-    bar.close()
-    if best_state is not None: module.load_state_dict(best_state)
+    with process_group(select_device(device)) as device:
+        rank, pieces = process_rank(), dict(rank=process_rank(), world_size=world_size())
+        train = ShardedLoader(counts, batch_codes, train_indices, config.batch_size, shuffle=True, seed=seeds["shuffle"], **pieces)
+        if train.n_cells == 0: raise ValueError("there are no cells to train on")
+        validation = (None if validation_indices is None else
+                      ShardedLoader(train.counts, batch_codes, validation_indices, max(config.batch_size, 1024), **pieces))
+        identity = {**(identity or {}), "seed": seed, "cells x genes": list(train.counts.shape),
+                    "train rows": rows_identity(train.indices),
+                    "validation rows": rows_identity(None if validation is None else validation.indices),
+                    "settings": {k: v for k, v in asdict(config).items() if k != "max_epochs"}}
+        module.to(device)
+        optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                     fused=device.type in ("cpu", "cuda"))  # one kernel for all parameters
+        generator = torch.Generator(device=device).manual_seed(seeds["samples"])
+        run = dict(epoch=0, history=[], best=math.inf, best_epoch=0, best_state=None, waited=0, stopped_early=False)
+        saved = _read_on_rank_0(checkpoint_dir) if resume else None
+        if resume and saved is None and rank == 0:
+            warnings.warn(f"no checkpoint in '{checkpoint_dir}' to resume from: training from the first epoch")
+        if saved is not None:
+            check_identity(saved["identity"], identity, checkpoint_dir)
+            if saved["run"]["epoch"] > config.max_epochs:
+                raise ValueError(f"the checkpoint in '{checkpoint_dir}' is at epoch {saved['run']['epoch']}, "
+                                 f"past max_epochs={config.max_epochs}")
+            module.load_state_dict(saved["module"])
+            optimizer.load_state_dict(saved["optimizer"])
+            train.rng.bit_generator.state, run = saved["shuffle_rng"], saved["run"]
+            generator.set_state(saved["noise_rng"])
+        elbo = torch.compile(module.elbo, dynamic=True) if config.compile else None
+        bar = tqdm(total=(config.max_epochs - run["epoch"]) * len(train), disable=not progress or rank != 0,
+                   unit="step", dynamic_ncols=True)
+        synced = _through_ddp(module, device, config.compile) if pieces["world_size"] > 1 else nullcontext(elbo)
+        with synced as step_elbo, _forked_rng(device), reused_heap():
+            torch.manual_seed(seeds["dropout"] + rank)
+            if saved is not None: _set_dropout_rng(saved["dropout_rng"], device)
+            while run["epoch"] < config.max_epochs and not run["stopped_early"]:
+                epoch = run["epoch"] = run["epoch"] + 1
+                started = time.perf_counter()
+                for group in optimizer.param_groups: group["lr"] = config.lr_at(epoch)
+                bar.set_description(f"epoch {epoch}/{config.max_epochs}")
+                means = train_epoch(module, train, optimizer, config, epoch, (epoch - 1) * len(train) + 1,
+                                    generator, device, step_elbo, bar)
+                row = {"epoch": epoch, "lr": config.lr_at(epoch), "kl_weight": means.pop("kl_weight"),
+                       **{f"train_{k}": v for k, v in _with_neg_elbo(means).items()}}
+                if validation is not None:
+                    val = evaluate(module, validation, config.n_samples, seeds["validation"], device, elbo)
+                    check_finite(val, epoch, "validation term")
+                    row.update({f"validation_{k}": v for k, v in _with_neg_elbo(val).items()})
+                row["seconds"] = time.perf_counter() - started
+                run["history"].append(row)
+                bar.set_postfix(_postfix(row))
+                if validation is None: run["best_epoch"] = epoch
+                elif row["validation_neg_elbo"] < run["best"] - config.min_delta:
+                    run.update(best=row["validation_neg_elbo"], best_epoch=epoch, waited=0)
+                    if config.early_stopping:
+                        run["best_state"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                else:
+                    run["waited"] += 1
+                    run["stopped_early"] = config.early_stopping and run["waited"] >= config.patience
+                if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or epoch == config.max_epochs
+                                                   or run["stopped_early"]):
+                    _write_checkpoint(checkpoint_dir, dict(
+                        identity=identity, run=run, module=module.state_dict(), optimizer=optimizer.state_dict(),
+                        shuffle_rng=train.rng.bit_generator.state, noise_rng=generator.get_state()), device)
+        bar.close()
+    if run["best_state"] is not None: module.load_state_dict(run["best_state"])
     module.eval()
-    frame = pd.DataFrame(history)
-    frame.attrs.update(best_epoch=best_epoch, stopped_early=stopped_early, config=asdict(config))
+    frame = pd.DataFrame(run["history"])
+    frame.attrs.update(best_epoch=run["best_epoch"], stopped_early=run["stopped_early"], config=asdict(config))
     return frame

@@ -187,7 +187,7 @@ def test_bad_construction_arguments(small_data):
     negative = small_data[:10].copy()
     negative.layers["counts"] = -negative.layers["counts"]
     negative.layers["counts"].data[:] = -1
-    with pytest.raises(ValueError, match="negative values"):
+    with pytest.raises(ValueError, match=r"must hold raw counts \(finite, non-negative integers\) but has \d+ negative"):
         GMVAE(negative)
 
 
