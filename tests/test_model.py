@@ -209,24 +209,29 @@ def pca_of_log_normalised(adata):
     return baseline.obsm["X_pca"]
 
 
+# The starter files hold 500-600 cells: 40 epochs of 4 minibatches are only 160 optimiser steps (the blog trains
+# 58,861 cells for 18,000), and the blog's 80-dimensional x is sized for 13,431 genes. With the blog's defaults the
+# embedding's cell-type ASW was 0.498 (multiome, PCA 0.471) and 0.397 (CITE, PCA 0.506); with a latent sized for the
+# data (n_x 10, n_w 5, as the main job uses; see nbs/06_model.ipynb) and 200 epochs, 0.503 and 0.513-0.514 over seeds
+# 0-2 on CITE.
+STARTER_TRAINING = dict(max_epochs=200, lr_decay_epoch=150)
+
+
 @pytest.mark.parametrize("name", list(STARTERS))
-def test_real_starter_trains_elbo_falls_and_embedding_is_compared_with_pca(name):
-    "Blog defaults with K = 10 on a real starter file; on the multiome file the embedding beats PCA in cell-type ASW."
+def test_real_starter_trains_elbo_falls_and_embedding_beats_pca(name):
+    "K = 10 and a latent sized for 500-600 cells on a real starter file: the ELBO falls, the embedding beats PCA in cell-type ASW."
     if not STARTERS[name].is_file(): pytest.skip(f"{STARTERS[name]} is not here")
     adata = load_counts(STARTERS[name])
-    model = GMVAE(adata, n_clusters=10, seed=0).fit(progress=False, device="cpu")
+    model = GMVAE(adata, n_clusters=10, seed=0, n_x=10, n_w=5).fit(progress=False, device="cpu", **STARTER_TRAINING)
     neg_elbo = model.history["train_neg_elbo"]
     assert np.isfinite(model.history.drop(columns="seconds").to_numpy()).all()
-    assert neg_elbo.iloc[-1] < 0.75 * neg_elbo.iloc[0] and neg_elbo.iloc[-5:].mean() < neg_elbo.iloc[5:10].mean()
+    assert neg_elbo.iloc[-1] < 0.75 * neg_elbo.iloc[0] and neg_elbo.iloc[-20:].mean() < neg_elbo.iloc[20:40].mean()
     labels = adata.obs["cell_type"].to_numpy()
     asw_model = float(silhouette_label(model.get_latent(), labels))
     asw_pca = float(silhouette_label(pca_of_log_normalised(adata), labels))
     print(f"{name} starter ({adata.n_obs} x {adata.n_vars}, {adata.obs['cell_type'].nunique()} types): -ELBO per cell "
           f"{neg_elbo.iloc[0]:.1f} -> {neg_elbo.iloc[-1]:.1f}; cell-type ASW GMVAE {asw_model:.3f}, PCA {asw_pca:.3f}")
-    if name == "multiome":
-        assert asw_model > asw_pca
-    # The CITE starter's 41 pre-release labels (many with < 5 cells) are not asserted on: there the GMVAE's
-    # ASW is below PCA's with the blog's defaults (the figures are printed and reported).
+    assert asw_model > asw_pca
 
 
 def test_cli_fit_writes_model_and_annotated_h5ad(tmp_path):
