@@ -61,8 +61,8 @@ class _CountTerms(torch.autograd.Function):
         gene_wise = log_theta.dim() == 1  # else (L, B, G), a broadcast view
         if gene_wise: theta_g, inv_theta_g = log_theta.exp(), torch.exp(-log_theta)
         value = logits.new_empty(n_samples, n_cells)
-        q_sums = logits.new_empty(n_samples, n_cells)  # Q = Σ_g q_g = ∂L/∂log ℓ
-        grad_logits = torch.empty_like(logits) if want_logits else None
+        minus_q_sums = logits.new_empty(n_samples, n_cells)  # −Q = −Σ_g q_g = −∂L/∂log ℓ
+        minus_grad_logits = torch.empty_like(logits) if want_logits else None
         grad_log_theta = torch.empty_like(logits) if want_theta else None
         starts = torch.searchsorted(rows, torch.arange(n_cells + 1, device=rows.device)).tolist()
         for b0 in range(0, n_cells, chunk_rows):
@@ -90,25 +90,26 @@ class _CountTerms(torch.autograd.Function):
                 counts_part = y_nz * (log_rho_nz - log1p_rho_nz)
                 value[l, b0:b1] = torch.zeros_like(dense).index_add_(0, local_rows, counts_part) - dense
                 if not (want_logits or want_theta or want_library): continue
-                q = rho.div_(rho + 1).mul_(theta).neg_()  # −θρ/(1+ρ): q at a zero count, in place of ρ
-                q.view(-1).index_add_(0, flat, y_nz * torch.exp(-log1p_rho_nz))  # + y/(1+ρ) at the nonzeros
-                q_sum = q.sum(-1, keepdim=True)
-                q_sums[l, b0:b1] = q_sum[:, 0]
-                if want_logits: torch.addcmul(q, e, -q_sum / e_sum, out=grad_logits[l, b0:b1])  # q − s·Q
-                if want_theta: torch.addcmul(q, log1p_rho, theta, out=grad_log_theta[l, b0:b1]).neg_()  # −θ log1p ρ − q
-        ctx.save_for_backward(grad_logits, grad_log_theta, q_sums)
+                # signs chosen so that no pass is a negation: u = −q, and the backward pass negates −∂L/∂h as it scales it
+                u = rho.div_(rho + 1).mul_(theta)  # θρ/(1+ρ) = −q at a zero count, in place of ρ
+                u.view(-1).index_add_(0, flat, y_nz * torch.exp(-log1p_rho_nz), alpha=-1)  # − y/(1+ρ) at the nonzeros
+                u_sum = u.sum(-1, keepdim=True)
+                minus_q_sums[l, b0:b1] = u_sum[:, 0]
+                if want_logits: torch.addcmul(u, e, -u_sum / e_sum, out=minus_grad_logits[l, b0:b1])  # −(q − s·Q)
+                if want_theta: torch.addcmul(u, log1p_rho, theta, value=-1, out=grad_log_theta[l, b0:b1])  # −θ log1p ρ − q
+        ctx.save_for_backward(minus_grad_logits, grad_log_theta, minus_q_sums)
         ctx.gene_wise = gene_wise
         return value
 
     @staticmethod
     def backward(ctx, grad_value):
-        grad_logits, grad_log_theta, q_sums = ctx.saved_tensors
+        minus_grad_logits, grad_log_theta, minus_q_sums = ctx.saved_tensors
         weight = grad_value[..., None]
-        logits = grad_logits * weight if ctx.needs_input_grad[0] else None
+        logits = minus_grad_logits * -weight if ctx.needs_input_grad[0] else None
         log_theta = None
         if ctx.needs_input_grad[1]:
             log_theta = (grad_value.reshape(1, -1) @ grad_log_theta.flatten(0, 1))[0] if ctx.gene_wise else grad_log_theta * weight
-        log_library = (q_sums * grad_value).sum(0) if ctx.needs_input_grad[2] else None
+        log_library = -(minus_q_sums * grad_value).sum(0) if ctx.needs_input_grad[2] else None
         return logits, log_theta, log_library, None, None, None, None
 
 
