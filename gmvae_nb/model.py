@@ -114,7 +114,7 @@ def _aligned_counts(self: GMVAE, adata: ad.AnnData):
     if len(missing):
         raise ValueError(f"{len(missing):,} of the model's {len(self.genes):,} genes are missing from adata.var_names: "
                          f"{_names_preview(missing)}")
-    if not adata.var_names.is_unique: raise ValueError("adata.var_names are not unique; make them so first")
+    _check_unique(adata.var_names)
     columns = adata.var_names.get_indexer(self.genes)
     return DiskRows(matrix, columns) if on_disk(matrix) else matrix[:, columns]
 
