@@ -39,12 +39,15 @@ def _wide_dtype(t: Tensor) -> torch.dtype:
 
 def log_count_normaliser(
     y: Tensor,  # nonzero counts
-    log_theta: Tensor,  # log θ at the same entries (broadcast against `y`)
+    log_theta: Tensor,  # log θ at the same entries (broadcast against `y`), or per gene (..., G) with `genes`
+    genes: Tensor | None = None,  # the gene of each count, an index into `log_theta`'s last axis
 ) -> Tensor:  # log Γ(y+θ) − log Γ(θ) − log Γ(y+1), in the dtype of `log_theta`
-    "The count-dependent normaliser of the NB log-pmf, computed in float64 to avoid cancellation at large θ."
+    "The count-dependent normaliser of the NB log-pmf, computed in float64 to avoid cancellation at large θ; given `genes`, log Γ(θ) is computed once per gene."
     wide = _wide_dtype(log_theta)
-    y_wide, theta_wide = y.to(wide), log_theta.to(wide).exp()
-    normaliser = torch.lgamma(y_wide + theta_wide) - torch.lgamma(theta_wide) - torch.lgamma(y_wide + 1)
+    lgamma_theta = torch.lgamma(log_theta.to(wide).exp())
+    if genes is not None: log_theta, lgamma_theta = log_theta.index_select(-1, genes), lgamma_theta.index_select(-1, genes)
+    y_wide = y.to(wide)
+    normaliser = torch.lgamma(y_wide + log_theta.to(wide).exp()) - lgamma_theta - torch.lgamma(y_wide + 1)
     return normaliser.to(log_theta.dtype)
 
 # %% ../nbs/02_distributions.ipynb #3e4ce860
@@ -64,7 +67,8 @@ class _CountTerms(torch.autograd.Function):
         minus_q_sums = logits.new_empty(n_samples, n_cells)  # −Q = −Σ_g q_g = −∂L/∂log ℓ
         minus_grad_logits = torch.empty_like(logits) if want_logits else None
         grad_log_theta = torch.empty_like(logits) if want_theta else None
-        starts = torch.searchsorted(rows, torch.arange(n_cells + 1, device=rows.device)).tolist()
+        starts = torch.searchsorted(rows, torch.arange(n_cells + 1, device=rows.device))
+        nonzeros_per_row, starts = starts.diff(), starts.tolist()
         for b0 in range(0, n_cells, chunk_rows):
             b1 = min(n_cells, b0 + chunk_rows)
             local_rows = rows[starts[b0]:starts[b1]] - b0
@@ -88,7 +92,7 @@ class _CountTerms(torch.autograd.Function):
                 log_rho_nz = (h.reshape(-1).index_select(0, flat) + (log_scale - h_max).view(-1).index_select(0, local_rows)
                               - log_theta_nz)
                 counts_part = y_nz * (log_rho_nz - log1p_rho_nz)
-                value[l, b0:b1] = torch.zeros_like(dense).index_add_(0, local_rows, counts_part) - dense
+                value[l, b0:b1] = torch.segment_reduce(counts_part, "sum", lengths=nonzeros_per_row[b0:b1]) - dense
                 if not (want_logits or want_theta or want_library): continue
                 # signs chosen so that no pass is a negation: u = −q, and the backward pass negates −∂L/∂h as it scales it
                 u = rho.div_(rho + 1).mul_(theta)  # θρ/(1+ρ) = −q at a zero count, in place of ρ
@@ -134,7 +138,7 @@ def nb_log_likelihood(
     sample_log_theta = log_theta if log_theta.dim() == 1 else torch.broadcast_to(log_theta, logits.shape).reshape(samples.shape)
     y = counts[rows, cols]
     count_terms = _CountTerms.apply(samples, sample_log_theta, log_library, rows, cols, y, max(1, entries // n_genes))
-    log_theta_nonzero = torch.broadcast_to(log_theta, log_theta.shape[:-2] + counts.shape)[..., rows, cols]
-    normaliser = log_count_normaliser(y, log_theta_nonzero)  # once per cell unless θ has samples
+    if log_theta.dim() == 1: normaliser = log_count_normaliser(y, log_theta, genes=cols)
+    else: normaliser = log_count_normaliser(y, torch.broadcast_to(log_theta, log_theta.shape[:-2] + counts.shape)[..., rows, cols])
     per_cell = normaliser.new_zeros(normaliser.shape[:-1] + counts.shape[:1]).index_add(-1, rows, normaliser)
     return per_cell + count_terms.reshape(logits.shape[:-1])

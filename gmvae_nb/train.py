@@ -154,6 +154,8 @@ def _read_ahead(read, parts: list[np.ndarray], depth: int, source: str) -> Itera
 # %% ../nbs/05_train.ipynb #8c516773
 class CSRLoader:
     "Minibatches of rows `indices` of `counts` (cells × genes, in memory or on disk), densified one minibatch at a time."
+    world_size = 1  # processes that share each minibatch (see `ShardedLoader`)
+
     def __init__(self,
                  counts,                         # cells × genes; scipy sparse (converted to CSR), a numpy array, or on disk (see `on_disk`)
                  batch_codes: np.ndarray,        # (cells,) integer batch code of every cell
@@ -178,6 +180,11 @@ class CSRLoader:
 
     @property
     def n_cells(self) -> int: return len(self.indices)
+
+    def window(self, step: int) -> tuple[int, int, int]:
+        "Cells of minibatch `step` (0-based), and the start and stop of the rows this loader yields of it: all of them."
+        n = min(self.batch_size, self.n_cells - step * self.batch_size)
+        return n, 0, n
 
     def minibatch(self, rows: np.ndarray) -> Minibatch:
         "The dense minibatch of matrix rows `rows`, with the positions of its nonzeros read off the sparse structure."
@@ -271,7 +278,7 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
 
 def _sum_over_pieces(loader: CSRLoader, values: list[float]) -> list[float]:
     "`values` added up over the processes that each hold one piece of `loader`'s minibatches (as they are for a plain `CSRLoader`)."
-    if getattr(loader, "world_size", 1) == 1: return values
+    if loader.world_size == 1: return values
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     total = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(total)
@@ -292,17 +299,12 @@ class ShardedLoader(CSRLoader):
 
     def window(self, step: int) -> tuple[int, int, int]:
         "Cells of the whole minibatch `step` (0-based), and the start and stop of this process's piece of it."
-        n = min(self.batch_size, self.n_cells - step * self.batch_size)
+        n = super().window(step)[0]
         return (n, *_shard_bounds(n, self.rank, self.world_size))
 
     def minibatch(self, rows: np.ndarray) -> Minibatch:
         "The dense minibatch of this process's piece of the matrix rows `rows`."
         return super().minibatch(rows[slice(*_shard_bounds(len(rows), self.rank, self.world_size))])
-
-def _window(loader: CSRLoader, step: int, mb: Minibatch) -> tuple[int, int, int]:
-    "Cells of the whole minibatch `step` of `loader`, and the start and stop of `mb`, this process's piece of it."
-    if isinstance(loader, ShardedLoader): return loader.window(step)
-    return len(mb.index), 0, len(mb.index)
 
 # %% ../nbs/05_train.ipynb #00032ac0
 def minibatch_terms(module: nn.Module, mb: Minibatch, n_samples: int, generator: torch.Generator | None,
@@ -323,9 +325,9 @@ def train_epoch(module: nn.Module, loader: CSRLoader, optimizer: torch.optim.Opt
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     sums, cells, weight = dict.fromkeys(TERMS, 0.0), 0, 1.0
-    n_pieces = getattr(loader, "world_size", 1)
+    n_pieces = loader.world_size
     for i, mb in enumerate(loader):
-        n, start, stop = _window(loader, i, mb)
+        n, start, stop = loader.window(i)
         if n < n_pieces: continue  # some process would have no cell: every process skips this minibatch
         mb = mb.to(device)
         weight = config.kl_weight_at(first_step + i, len(loader))
@@ -356,7 +358,7 @@ def evaluate(module: nn.Module, loader: CSRLoader, n_samples: int = 10, seed: in
     sums = dict.fromkeys(TERMS, 0.0)
     try:
         for i, mb in enumerate(loader):
-            window = _window(loader, i, mb)
+            window = loader.window(i)
             if len(mb.index) == 0: continue  # an empty piece can only be the last: no later noise to keep in step
             terms = minibatch_terms(module, mb.to(device), n_samples, generator, elbo, window)
             for t, v in zip(TERMS, torch.stack([terms[t].sum() for t in TERMS]).tolist()): sums[t] += v
