@@ -74,7 +74,7 @@ def fit_command(args: argparse.Namespace) -> Path:
     model = GMVAE(adata, n_clusters=args.n_clusters, seed=args.seed, n_x=settings.pop("n_x"), n_w=settings.pop("n_w"))
     model.fit(**settings, warmup_epochs=args.warmup_epochs, early_stopping=args.early_stopping, device=args.device,
               progress=not args.quiet, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-              resume=args.resume)
+              resume=args.resume, n_init=args.n_init)
     if process_rank() != 0: return out  # the other processes trained along; rank 0 writes the outputs
     model.get_latent()
     model.predict()
@@ -96,6 +96,8 @@ def add_fit_parser(commands) -> argparse.ArgumentParser:
     fit.add_argument("--batch-key", default="batch", help="obs column of batches (default: %(default)s)")
     fit.add_argument("-K", "--n-clusters", type=int, default=20, help="mixture components (default: %(default)s)")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--n-init", type=int, default=1,
+                     help="train this many models from different initial weights, keep the lowest final -ELBO (default: %(default)s)")
     add_training_options(fit)
     fit.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs,
                      help="linear KL warm-up (default: %(default)s)")

@@ -28,7 +28,7 @@ from .train import (CSRLoader, DiskRows, Minibatch, TrainConfig, fit_module, min
                             process_rank, seed_streams, select_device)
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'GMVAE']
+__all__ = ['FORMAT_VERSION', 'GMVAE', 'restart_seed', 'final_neg_elbo']
 
 # %% ../nbs/06_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -87,10 +87,14 @@ class GMVAE:
     def _setup(self, adata, genes, batches, module_kwargs, layer, batch_key, seed):
         self.adata, self.layer, self.batch_key, self.seed = adata, layer, batch_key, seed
         self.genes, self.batches, self.module_kwargs = pd.Index(genes), pd.Index(batches), module_kwargs
+        self.module = self._new_module(seed)
+        self.history, self.train_config = pd.DataFrame(), None
+
+    def _new_module(self, seed: int) -> GMVAEModule:
+        "A module with initial weights drawn from `seed`; the global torch RNG is left as it was."
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.module = GMVAEModule(n_genes=len(genes), n_batches=len(batches), **module_kwargs).eval()
-        self.history, self.train_config = pd.DataFrame(), None
+            return GMVAEModule(n_genes=len(self.genes), n_batches=len(self.batches), **self.module_kwargs).eval()
 
     @property
     def n_clusters(self) -> int: return self.module.n_clusters
@@ -148,28 +152,55 @@ def _split_indices(self: GMVAE, split_key: str | None) -> tuple[np.ndarray, np.n
                          "pass split_key=None to train on all cells")
     return train, np.flatnonzero(split == "validation")
 
+def restart_seed(seed: int, restart: int) -> int:
+    "Seed of restart `restart` of `GMVAE(..., seed=seed).fit(n_init=…)`: `seed` itself for the first, a derived one for the others."
+    if restart == 0: return seed
+    return int(np.random.SeedSequence([seed, restart]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+def final_neg_elbo(history: pd.DataFrame) -> float:
+    "−ELBO per cell of the weights `fit_module` returned with `history`: on the validation cells if it had any, else on the training cells."
+    if "validation_neg_elbo" not in history: return float(history["train_neg_elbo"].iloc[-1])
+    kept = history.attrs["best_epoch"] if history.attrs["config"]["early_stopping"] else len(history)
+    return float(history["validation_neg_elbo"].iloc[kept - 1])
+
 @patch
 @delegates(TrainConfig)
 def fit(self: GMVAE,
         split_key: str | None = "split",  # obs column with train/validation/test; None or absent: train on all cells
         device: str = "auto",             # auto|cpu|cuda|mps
         progress: bool = True,            # show a tqdm bar with the loss terms
+        n_init: int = 1,                  # train this many models from different initial weights; keep the lowest final −ELBO
         checkpoint_dir: str | Path | None = None,  # write a checkpoint of the run to this folder (see train)
         checkpoint_every: int = 1,        # epochs between checkpoints (one is also written after the last epoch)
         resume: bool = False,             # continue the run checkpointed in `checkpoint_dir` up to `max_epochs`
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
     config = TrainConfig(**kwargs)
+    if n_init < 1: raise ValueError(f"n_init must be at least 1, got {n_init}")
+    if n_init > 1 and len(self.history):
+        raise ValueError(f"n_init={n_init} trains models from fresh initial weights, but this model has already trained "
+                         f"{len(self.history)} epochs: pass n_init to a model's first fit")
+    if n_init > 1 and checkpoint_dir is not None:
+        raise ValueError(f"n_init={n_init} cannot be combined with checkpoint_dir, which holds one run: to checkpoint "
+                         "the restarts, train them one by one with seed=gmvae_nb.model.restart_seed(seed, i)")
     train, validation = self._split_indices(split_key)
-    adata = self.adata
+    counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
                     model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)})
-    history = fit_module(self.module, self._aligned_counts(adata), self._batch_codes(adata), train, validation,
-                         config, device=device, seed=self.seed + len(self.history), progress=progress,
-                         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume, identity=identity)
+    scores, best = [], None
+    for restart in range(n_init):
+        seed = restart_seed(self.seed, restart)
+        if restart: self.module = self._new_module(seed)
+        history = fit_module(self.module, counts, codes, train, validation, config, device=device,
+                             seed=seed + len(self.history), progress=progress, checkpoint_dir=checkpoint_dir,
+                             checkpoint_every=checkpoint_every, resume=resume, identity=identity)
+        scores.append(final_neg_elbo(history))
+        if best is None or scores[-1] < scores[best[0]]: best = (restart, history, self.module)
+    chosen, history, self.module = best
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
-    self.train_config = asdict(config)
+    self.train_config = asdict(config) | dict(n_init=n_init)
+    if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_chosen=chosen)
     return self
 
 # %% ../nbs/06_model.ipynb #e760003a

@@ -247,6 +247,12 @@ def test_cli_fit_writes_model_and_annotated_h5ad(tmp_path):
     assert {"X_gmvae", "X_gmvae_w", "gmvae_proba"} <= set(annotated.obsm) and "gmvae_cluster" in annotated.obs
     loaded = GMVAE.load(tmp_path / "run" / "model", annotated, device="cpu")
     np.testing.assert_array_equal(loaded.get_latent(), annotated.obsm["X_gmvae"])
+    assert loaded.train_config["n_init"] == 1 and "restart_neg_elbo" not in loaded.train_config
+    restarted = subprocess.run(command + ["--n-init", "2", "--out", str(tmp_path / "restarted")], capture_output=True, text=True)
+    assert restarted.returncode == 0, restarted.stderr
+    training = GMVAE.load(tmp_path / "restarted" / "model", annotated, device="cpu").train_config
+    assert len(training["restart_neg_elbo"]) == 2
+    assert training["restart_neg_elbo"][training["restart_chosen"]] == min(training["restart_neg_elbo"])
     bad = subprocess.run(command[:2] + [str(data), "--batch-key", "donor_id", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "donor_id" in bad.stderr
