@@ -194,7 +194,7 @@ def fit(self: GMVAE,
         history = fit_module(self.module, counts, codes, train, validation, config, device=device,
                              seed=seed + len(self.history), progress=progress, checkpoint_dir=checkpoint_dir,
                              checkpoint_every=checkpoint_every, resume=resume, identity=identity)
-        scores.append(final_neg_elbo(history))
+        if n_init > 1: scores.append(final_neg_elbo(history))  # a single run needs no score
         if best is None or scores[-1] < scores[best[0]]: best = (restart, history, self.module)
     chosen, history, self.module = best
     history["epoch"] += len(self.history)
