@@ -37,18 +37,17 @@ TRAIN_OPTIONS = {  # command-line options -> (setting, type, help)
     ("--kl-z-threshold",): ("kl_z_threshold", float, "λ of max(λ, minibatch mean of kl_z); 0 turns it off"),
     ("--n-x",): ("n_x", int, "dimension of the embedding x"),
     ("--n-w",): ("n_w", int, "dimension of w"),
+    ("--n-init",): ("n_init", int, "models trained from different initial weights; the lowest final -ELBO is kept"),
 }
 
 
 def training_defaults() -> dict:
-    "The default of every setting in `TRAIN_OPTIONS`: `TrainConfig`'s and `GMVAEModule`'s."
+    "The default of every setting in `TRAIN_OPTIONS`: `GMVAE.fit`'s (which include `TrainConfig`'s) and `GMVAEModule`'s."
     import inspect
-    from dataclasses import fields
+    from gmvae_nb.model import GMVAE
     from gmvae_nb.modules import GMVAEModule
-    from gmvae_nb.train import TrainConfig
-    module = inspect.signature(GMVAEModule).parameters
-    config = {f.name: f.default for f in fields(TrainConfig)}
-    return {name: config[name] if name in config else module[name].default for name, _, _ in TRAIN_OPTIONS.values()}
+    fit, module = inspect.signature(GMVAE.fit).parameters, inspect.signature(GMVAEModule).parameters
+    return {name: (fit[name] if name in fit else module[name]).default for name, _, _ in TRAIN_OPTIONS.values()}
 
 
 def add_training_options(command: argparse.ArgumentParser, **overrides):
@@ -74,7 +73,7 @@ def fit_command(args: argparse.Namespace) -> Path:
     model = GMVAE(adata, n_clusters=args.n_clusters, seed=args.seed, n_x=settings.pop("n_x"), n_w=settings.pop("n_w"))
     model.fit(**settings, warmup_epochs=args.warmup_epochs, early_stopping=args.early_stopping, device=args.device,
               progress=not args.quiet, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-              resume=args.resume, n_init=args.n_init)
+              resume=args.resume)
     if process_rank() != 0: return out  # the other processes trained along; rank 0 writes the outputs
     model.get_latent()
     model.predict()
@@ -96,8 +95,6 @@ def add_fit_parser(commands) -> argparse.ArgumentParser:
     fit.add_argument("--batch-key", default="batch", help="obs column of batches (default: %(default)s)")
     fit.add_argument("-K", "--n-clusters", type=int, default=20, help="mixture components (default: %(default)s)")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--n-init", type=int, default=1,
-                     help="train this many models from different initial weights, keep the lowest final -ELBO (default: %(default)s)")
     add_training_options(fit)
     fit.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs,
                      help="linear KL warm-up (default: %(default)s)")

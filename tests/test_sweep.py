@@ -100,7 +100,8 @@ def test_training_notebook_runs_alone_on_a_preset(tmp_path):
     from gmvae_nb.sweep import RUN_NOTEBOOK
     pm.execute_notebook(str(RUN_NOTEBOOK), str(tmp_path / "run.ipynb"), progress_bar=False,
                         parameters={"data": "preset:default", "out": str(tmp_path), "n_clusters": 2,
-                                    "max_epochs": 1, "n_samples": 1, "n_x": 4, "n_w": 3, "threads": 1})
+                                    "max_epochs": 1, "n_samples": 1, "n_x": 4, "n_w": 3, "threads": 1, "n_init": 2})
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n_test_cells"] == 200  # the default preset's 2,000 cells, split 80/10/10
+    assert metrics["n_init"] == 2
     assert (tmp_path / "data.h5ad").exists() and len(pd.read_csv(tmp_path / "history.csv")) == 1
