@@ -54,6 +54,12 @@ def log_count_normaliser(
 _CPU_CHUNK_ENTRIES = 2**18  # entries per chunk on the CPU: 1 MiB of float32, split between the cores' L2 caches
 
 
+def _sum_per_row(values: Tensor, rows: Tensor, per_row: Tensor) -> Tensor:
+    "Sum of `values` in each row; `values` are grouped by their sorted `rows`, `per_row[i]` of them in row i. MPS lacks `segment_reduce`: a scatter there."
+    if values.device.type == "mps": return values.new_zeros(len(per_row)).index_add_(0, rows, values)
+    return torch.segment_reduce(values, "sum", lengths=per_row)
+
+
 class _CountTerms(torch.autograd.Function):
     "Per row of `logits` (L, B, G): −Σ_g θ_g log1p ρ_g + Σ_{y_g>0} y_g (log ρ_g − log1p ρ_g), ρ = ℓ·softmax(h)/θ; gradients computed in the forward pass."
 
@@ -92,7 +98,7 @@ class _CountTerms(torch.autograd.Function):
                 log_rho_nz = (h.reshape(-1).index_select(0, flat) + (log_scale - h_max).view(-1).index_select(0, local_rows)
                               - log_theta_nz)
                 counts_part = y_nz * (log_rho_nz - log1p_rho_nz)
-                value[l, b0:b1] = torch.segment_reduce(counts_part, "sum", lengths=nonzeros_per_row[b0:b1]) - dense
+                value[l, b0:b1] = _sum_per_row(counts_part, local_rows, nonzeros_per_row[b0:b1]) - dense
                 if not (want_logits or want_theta or want_library): continue
                 # signs chosen so that no pass is a negation: u = −q, and the backward pass negates −∂L/∂h as it scales it
                 u = rho.div_(rho + 1).mul_(theta)  # θρ/(1+ρ) = −q at a zero count, in place of ρ

@@ -193,6 +193,7 @@ def fit(self: GMVAE,
         if restart: self.module = self._new_module(seed)
         history = fit_module(self.module, counts, codes, train, validation, config, device=device,
                              seed=seed + len(self.history), progress=progress, checkpoint_dir=checkpoint_dir,
+                             label=f"restart {restart + 1}/{n_init}, " if n_init > 1 else "",
                              checkpoint_every=checkpoint_every, resume=resume, identity=identity)
         if n_init > 1: scores.append(final_neg_elbo(history))  # a single run needs no score
         if best is None or scores[-1] < scores[best[0]]: best = (restart, history, self.module)

@@ -500,6 +500,7 @@ def fit_module(module: nn.Module,
                device: str | torch.device = "auto",
                seed: int = 0,
                progress: bool = True,
+               label: str = "",                          # put before "epoch i/n" in the progress bar
                checkpoint_dir: str | Path | None = None, # folder of the run's checkpoint; None: no checkpoints
                checkpoint_every: int = 1,                # epochs between checkpoints (one is also written after the last epoch)
                resume: bool = False,                     # continue from the checkpoint in `checkpoint_dir` (none there: start afresh)
@@ -551,7 +552,7 @@ def fit_module(module: nn.Module,
                 epoch = run["epoch"] = run["epoch"] + 1
                 started = time.perf_counter()
                 for group in optimizer.param_groups: group["lr"] = config.lr_at(epoch)
-                bar.set_description(f"epoch {epoch}/{config.max_epochs}")
+                bar.set_description(f"{label}epoch {epoch}/{config.max_epochs}")
                 means = train_epoch(module, train, optimizer, config, epoch, (epoch - 1) * len(train) + 1,
                                     generator, device, step_elbo, bar)
                 row = {"epoch": epoch, "lr": config.lr_at(epoch), "kl_weight": means.pop("kl_weight"),
