@@ -57,7 +57,9 @@ def test_recovery_of_simulated_types_and_batch_mixing():
     "8 cell types, 4 batches, K = 8: the clusters recover the types and the latent mixes the batches."
     adata = split(simulate("default", **RECOVERY_DATA))
     started = time.perf_counter()
-    model = GMVAE(adata, n_clusters=8, seed=4).fit(warmup_epochs=10, progress=False, device="cpu")
+    # three restarts, the lowest validation -ELBO kept: a single run lands in a merge-and-split optimum for some seeds
+    # (nbs/06_model.ipynb, "Restarts"); with three, the test does not hang on one trajectory of the floating point
+    model = GMVAE(adata, n_clusters=8, seed=4).fit(warmup_epochs=10, n_init=3, progress=False, device="cpu")
     seconds = time.perf_counter() - started
     clusters, latent = model.predict(), model.get_latent()
     labels, batches = adata.obs["cell_type"].to_numpy(), adata.obs["batch"].to_numpy()
@@ -65,7 +67,8 @@ def test_recovery_of_simulated_types_and_batch_mixing():
     ari, ari_test = adjusted_rand_score(labels, clusters), adjusted_rand_score(labels[test], clusters[test])
     batch_asw = float(silhouette_batch(latent, labels, batches))
     print(f"recovery: {adata.n_obs} cells x {adata.n_vars} genes, {len(model.history)} epochs in {seconds:.0f} s; "
-          f"ARI {ari:.3f} (test cells {ari_test:.3f}), batch ASW {batch_asw:.3f}")
+          f"ARI {ari:.3f} (test cells {ari_test:.3f}), batch ASW {batch_asw:.3f}; restarts' -ELBO "
+          f"{model.train_config['restart_neg_elbo']}, kept {model.train_config['restart_chosen']}")
     assert min(ari, ari_test) >= 0.9
     assert batch_asw >= 0.85
 
