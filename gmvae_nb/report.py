@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from .data import atomic_path
-from .sweep import RUN_NOTEBOOK, collect
+from .sweep import RUN_NOTEBOOK, collect, execute_notebook_in
 
 REPORT_NOTEBOOK = RUN_NOTEBOOK.with_name("report.ipynb")
 
@@ -44,14 +44,13 @@ def html_with_quarto(notebook: str | Path) -> str:
 def render_report(sweep: str | Path, out: str | Path | None = None, title: str | None = None,
                   renderer: str = "auto", seed: int = 0) -> Path:
     "Execute the report notebook over the `sweep` folder and write the HTML page to `out` (default SWEEP/report.html)."
-    import papermill as pm
     sweep = Path(sweep).absolute()
     collect(sweep)  # fails early, naming the folder, when it holds no finished run
     if renderer not in ("auto", "quarto", "nbconvert"): raise ValueError(f"renderer must be auto, quarto or nbconvert, not {renderer!r}")
     if renderer == "auto": renderer = "quarto" if shutil.which("quarto") else "nbconvert"
     executed = sweep / "report.ipynb"
     parameters = {"sweep": str(sweep), "seed": seed} | ({"title": title} if title else {})
-    pm.execute_notebook(str(REPORT_NOTEBOOK), str(executed), parameters=parameters, progress_bar=False, cwd=str(sweep))
+    execute_notebook_in(sweep, REPORT_NOTEBOOK, executed, parameters=parameters, progress_bar=False)
     html = html_with_quarto(executed) if renderer == "quarto" else html_with_nbconvert(executed)
     page = Path(out or sweep / "report.html")
     with atomic_path(page) as tmp: tmp.write_text(html)

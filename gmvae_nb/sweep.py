@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from .data import atomic_path
 
 # %% auto #0
-__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'Run', 'plan_runs', 'write_json_atomic', 'run_status', 'execute_run', 'prepare_data',
-           'sweep', 'collect', 'summarize']
+__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'Run', 'plan_runs', 'write_json_atomic', 'run_status', 'execute_notebook_in',
+           'execute_run', 'prepare_data', 'sweep', 'collect', 'summarize']
 
 # %% ../nbs/09_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
@@ -63,16 +63,22 @@ def run_status(run_dir: str | Path) -> str:
     return "failed" if (run_dir / "error.txt").exists() else "pending"
 
 # %% ../nbs/09_sweep.ipynb #9755e773
+def execute_notebook_in(folder: str | Path, notebook: str | Path, output: str | Path, **kwargs):
+    "Execute `notebook` into `output` with papermill (`kwargs` go to it), its kernel started in `folder`."
+    import papermill as pm
+    # nbclient starts the kernel in resources' path; papermill's cwd= would os.chdir this whole process, which the
+    # threads that run notebooks side by side race on (one left the process in another run's folder)
+    pm.execute_notebook(str(notebook), str(output), resources={"metadata": {"path": str(folder)}}, **kwargs)
+
 def execute_run(run_dir: str | Path, parameters: dict, notebook: str | Path = RUN_NOTEBOOK,
                 kernel_name: str | None = None) -> dict:
     "Execute `notebook` with `parameters` (plus `out=run_dir`) into `run_dir/run.ipynb`; returns the run's status."
-    import papermill as pm
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("error.txt", "metrics.json"): (run_dir / stale).unlink(missing_ok=True)
     try:
-        pm.execute_notebook(str(notebook), str(run_dir / "run.ipynb"), parameters={**parameters, "out": str(run_dir)},
-                            kernel_name=kernel_name, progress_bar=False, cwd=str(run_dir))
+        execute_notebook_in(run_dir, notebook, run_dir / "run.ipynb", parameters={**parameters, "out": str(run_dir)},
+                            kernel_name=kernel_name, progress_bar=False)
     except Exception as e:
         (run_dir / "error.txt").write_text("".join(traceback.format_exception_only(type(e), e)))
     status = run_status(run_dir)

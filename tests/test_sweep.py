@@ -105,3 +105,24 @@ def test_training_notebook_runs_alone_on_a_preset(tmp_path):
     assert metrics["n_test_cells"] == 200  # the default preset's 2,000 cells, split 80/10/10
     assert metrics["n_init"] == 2
     assert (tmp_path / "data.h5ad").exists() and len(pd.read_csv(tmp_path / "history.csv")) == 1
+
+
+def test_each_kernel_starts_in_its_run_folder_and_the_sweep_never_moves_this_process(tiny_data, tmp_path, monkeypatch):
+    "Two runs side by side: os.chdir is process-wide, so a sweep that moved into each run's folder raced between its threads."
+    import nbformat
+    notebook = tmp_path / "where.ipynb"
+    parameters = nbformat.v4.new_code_cell('out = "."', metadata={"tags": ["parameters"]})
+    report_cwd = nbformat.v4.new_code_cell('import json, os\njson.dump({"cwd": os.getcwd()}, open("metrics.json", "w"))')
+    nbformat.write(nbformat.v4.new_notebook(cells=[parameters, report_cwd],
+                                            metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}),
+                   notebook)
+    here, chdir = Path.cwd(), os.chdir
+    def only_here(path):  # papermill re-enters the current folder around its file reads: harmless, the rest is not
+        if Path(path).resolve() != here.resolve(): raise AssertionError(f"the sweeping process moved to {path}")
+        chdir(path)
+    monkeypatch.setattr(os, "chdir", only_here)
+    out = tmp_path / "sweep"
+    table = sweep(tiny_data, Ks=[1, 2], repeats=1, out=out, workers=2, notebook=notebook)
+    assert (table.status == "done").all(), table
+    for run in table.index:
+        assert Path(json.loads((out / "runs" / run / "metrics.json").read_text())["cwd"]).resolve() == (out / "runs" / run).resolve()
