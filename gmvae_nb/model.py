@@ -159,9 +159,8 @@ def restart_seed(seed: int, restart: int) -> int:
 
 def final_neg_elbo(history: pd.DataFrame) -> float:
     "−ELBO per cell of the weights `fit_module` returned with `history`: on the validation cells if it had any, else on the training cells."
-    if "validation_neg_elbo" not in history: return float(history["train_neg_elbo"].iloc[-1])
-    kept = history.attrs["best_epoch"] if history.attrs["config"]["early_stopping"] else len(history)
-    return float(history["validation_neg_elbo"].iloc[kept - 1])
+    column = "validation_neg_elbo" if "validation_neg_elbo" in history else "train_neg_elbo"
+    return float(history[column].iloc[history.attrs["kept_epoch"] - 1])
 
 @patch
 @delegates(TrainConfig)
@@ -176,6 +175,7 @@ def fit(self: GMVAE,
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
     config = TrainConfig(**kwargs)
+    if int(n_init) != n_init: raise ValueError(f"n_init must be a whole number, got {n_init!r}")
     if n_init < 1: raise ValueError(f"n_init must be at least 1, got {n_init}")
     if n_init > 1 and len(self.history):
         raise ValueError(f"n_init={n_init} trains models from fresh initial weights, but this model has already trained "

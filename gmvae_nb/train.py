@@ -581,5 +581,7 @@ def fit_module(module: nn.Module,
     if run["best_state"] is not None: module.load_state_dict(run["best_state"])
     module.eval()
     frame = pd.DataFrame(run["history"])
-    frame.attrs.update(best_epoch=run["best_epoch"], stopped_early=run["stopped_early"], config=asdict(config))
+    kept_epoch = run["best_epoch"] if run["best_state"] is not None else run["epoch"]  # the epoch whose weights `module` holds
+    frame.attrs.update(best_epoch=run["best_epoch"], kept_epoch=kept_epoch, stopped_early=run["stopped_early"],
+                       config=asdict(config))
     return frame
