@@ -32,7 +32,7 @@ def worker(data: str, threads: int, epochs: int, n_samples: int):
     from gmvae_nb.train import process_rank
     torch.set_num_threads(threads)
     adata = ad.read_h5ad(data)
-    model = GMVAE(adata, seed=0).fit(max_epochs=1 + epochs, n_samples=n_samples, split_key=None, device="cpu",
+    model = GMVAE(adata, seed=0, settings="blog").fit(max_epochs=1 + epochs, n_samples=n_samples, split_key=None, device="cpu",
                                      progress=False)
     if process_rank() == 0:
         seconds = model.history["seconds"].iloc[1:].sum()

@@ -26,6 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gmvae_nb.elbo import loss as elbo_loss
+from gmvae_nb.model import SETTINGS
 from gmvae_nb.modules import GMVAEModule
 from gmvae_nb.train import TrainConfig, fit_module, reused_heap
 
@@ -89,7 +90,7 @@ def epoch_seconds(module, n_genes: int, n_samples: int, steps: int, batch_size: 
 
 def bench(n_genes: int, n_samples: int, steps: int, batch_size: int = 128, n_batches: int = 13) -> dict:
     torch.manual_seed(0)
-    module = GMVAEModule(n_genes=n_genes, n_batches=n_batches, n_clusters=20).train()
+    module = GMVAEModule(n_genes=n_genes, n_batches=n_batches, n_clusters=20, **SETTINGS["blog"]["module"]).train()  # the blog's architecture
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
     counts, batch, nonzero = minibatch(batch_size, n_genes, n_batches, density=0.09, seed=1)
     generator = torch.Generator().manual_seed(0)

@@ -54,7 +54,8 @@ def add_training_options(command: argparse.ArgumentParser, **overrides):
     "Add the options of `TRAIN_OPTIONS` to `command`, with `training_defaults()` updated by `overrides`."
     defaults = training_defaults() | overrides
     for flags, (name, kind, text) in TRAIN_OPTIONS.items():
-        command.add_argument(*flags, dest=name, type=kind, default=defaults[name], help=f"{text} (default: %(default)s)")
+        shown = "scaled to the number of training cells" if defaults[name] is None else "%(default)s"
+        command.add_argument(*flags, dest=name, type=kind, default=defaults[name], help=f"{text} (default: {shown})")
 
 
 def _training_parameters(args: argparse.Namespace) -> dict:
@@ -98,7 +99,8 @@ def add_fit_parser(commands) -> argparse.ArgumentParser:
     add_training_options(fit)
     fit.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs,
                      help="linear KL warm-up (default: %(default)s)")
-    fit.add_argument("--early-stopping", action="store_true", help="stop on the validation -ELBO")
+    fit.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
+                     help="stop once the validation -ELBO stops improving (default: on when obs['split'] has validation cells)")
     fit.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.add_argument("--checkpoint-dir", default=None,
@@ -136,8 +138,7 @@ def report_command(args: argparse.Namespace) -> Path:
     return path
 
 # %% ../nbs/07_cli.ipynb #b9859e8b
-MAIN_JOB_TRAINING = {"max_epochs": 20, "n_samples": 2,  # lighter than the blog's 40 epochs, M = 10: 36 runs on 2 cores
-                     "n_x": 10, "n_w": 5}  # a latent sized for 2,000 cells × 1,000 genes (the blog: 80, 60)
+MAIN_JOB_TRAINING = {"max_epochs": 20, "n_samples": 2}  # lighter than the defaults' epochs (scaled to the data): 36 runs on 2 cores
 
 
 def main_command(args: argparse.Namespace) -> Path:

@@ -7,9 +7,9 @@ Docs: https://gmvae-nb.github.io/gmvae-nb/model.html.md"""
 # %% ../nbs/06_model.ipynb #35af50c7
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -24,11 +24,11 @@ from fastcore.meta import delegates
 from .data import _check_no_missing_batch, _check_unique, atomic_path, check_counts, count_matrix
 from .elbo import TERMS
 from .modules import GMVAEModule
-from .train import (CSRLoader, DiskRows, Minibatch, TrainConfig, fit_module, minibatch_terms, on_disk,
+from .train import (CSRLoader, DiskRows, Minibatch, TrainConfig, fit_module, on_disk,
                             process_rank, seed_streams, select_device)
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'GMVAE', 'restart_seed', 'final_neg_elbo']
+__all__ = ['FORMAT_VERSION', 'SETTINGS', 'GMVAE', 'restart_seed', 'final_neg_elbo']
 
 # %% ../nbs/06_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -58,7 +58,24 @@ def _names_preview(names, n: int = 5) -> str:
     return ", ".join(map(repr, names[:n])) + (f" … ({len(names)} in all)" if len(names) > n else "")
 
 # %% ../nbs/06_model.ipynb #afda4292
-FORMAT_VERSION = 1  # version of the folder layout written by `GMVAE.save`
+FORMAT_VERSION = 2  # version of the folder layout written by `GMVAE.save` (2: every module argument is saved)
+
+SETTINGS = {  # named presets: the `GMVAEModule` arguments and `TrainConfig` settings each one changes from the defaults
+    "default": dict(module={}, training={}),
+    "blog": dict(module=dict(n_x=80, n_w=60, encoder_hidden=(300, 250), decoder_hidden=(250, 300), beta_hidden=(300,),
+                             dropout=0.05),
+                 training=dict(max_epochs=40, n_samples=10, lr_decay_epoch=25, lr_decay=0.7, early_stopping=False)),
+}
+
+def _module_arguments(settings: str, module_kwargs: dict) -> dict:
+    "Every `GMVAEModule` argument but the data's sizes: its defaults, then the preset `settings`, then `module_kwargs`."
+    if settings not in SETTINGS: raise ValueError(f"settings must be one of {sorted(SETTINGS)}, got {settings!r}")
+    defaults = {name: p.default for name, p in inspect.signature(GMVAEModule).parameters.items()
+                if name not in ("self", "n_genes", "n_batches")}
+    unknown = sorted(set(module_kwargs) - set(defaults))
+    if unknown: raise TypeError(f"GMVAE got unknown arguments {unknown}; the architecture's are {sorted(defaults)}")
+    arguments = defaults | SETTINGS[settings]["module"] | module_kwargs
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in arguments.items()}  # as JSON keeps them
 
 class GMVAE:
     "Gaussian-mixture VAE that clusters the cells of `adata` and removes the batch effects of `obs[batch_key]`."
@@ -68,6 +85,7 @@ class GMVAE:
                  layer: str | None = "counts", # layer of raw counts; None uses X
                  batch_key: str | None = "batch",  # obs column of batches; None for a single batch
                  seed: int = 0,                # seeds the initial weights, the training and the per-cell outputs
+                 settings: str = "default",    # a preset of `SETTINGS`: "default", or "blog" (the blog's architecture and schedule)
                  **module_kwargs):             # passed to `GMVAEModule` (n_x, n_w, encoder_hidden, dispersion, …)
         if not isinstance(adata, ad.AnnData):
             raise TypeError(f"GMVAE needs an AnnData, got {type(adata).__name__}: read a file with "
@@ -80,12 +98,12 @@ class GMVAE:
                    else pd.Index(sorted(names.unique())))
         _check_unique(adata.var_names)
         # the module checks its arguments (n_clusters ≥ 1, …) before the counts, the one check that reads all the data
-        self._setup(adata, list(adata.var_names), list(batches), dict(n_clusters=n_clusters, **module_kwargs),
-                    layer, batch_key, seed)
+        self._setup(adata, list(adata.var_names), list(batches), settings,
+                    _module_arguments(settings, dict(n_clusters=n_clusters, **module_kwargs)), layer, batch_key, seed)
         _check_counts(adata, layer)
 
-    def _setup(self, adata, genes, batches, module_kwargs, layer, batch_key, seed):
-        self.adata, self.layer, self.batch_key, self.seed = adata, layer, batch_key, seed
+    def _setup(self, adata, genes, batches, settings, module_kwargs, layer, batch_key, seed):
+        self.adata, self.layer, self.batch_key, self.seed, self.settings = adata, layer, batch_key, seed, settings
         self.genes, self.batches, self.module_kwargs = pd.Index(genes), pd.Index(batches), module_kwargs
         self.module = self._new_module(seed)
         self.history, self.train_config = pd.DataFrame(), None
@@ -174,7 +192,7 @@ def fit(self: GMVAE,
         resume: bool = False,             # continue the run checkpointed in `checkpoint_dir` up to `max_epochs`
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
-    config = TrainConfig(**kwargs)
+    config = TrainConfig(**(SETTINGS[self.settings]["training"] | kwargs))
     if int(n_init) != n_init: raise ValueError(f"n_init must be a whole number, got {n_init!r}")
     if n_init < 1: raise ValueError(f"n_init must be at least 1, got {n_init}")
     if n_init > 1 and len(self.history):
@@ -200,7 +218,7 @@ def fit(self: GMVAE,
     chosen, history, self.module = best
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
-    self.train_config = asdict(config) | dict(n_init=n_init)
+    self.train_config = history.attrs["config"] | dict(n_init=n_init)  # with max_epochs resolved for the training cells
     if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_chosen=chosen)
     return self
 
@@ -218,14 +236,18 @@ def _per_cell(self: GMVAE, adata: ad.AnnData | None, outputs: Callable[[Minibatc
     return adata, {name: torch.cat(values).numpy() for name, values in parts.items()}
 
 @patch
-def _sampled_terms(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int):
-    "Per-cell ELBO terms and proba with `n_samples` seeded draws (0: at the posterior means)."
+def _inference_noise(self: GMVAE, n_samples: int) -> torch.Tensor:
+    "The `n_samples` standard normal draws (M, 1, n_x + n_w) that every cell uses at inference, seeded by the model's seed (zeros for 0: the posterior means)."
+    if n_samples == 0: return torch.zeros(1, 1, self.module.n_x + self.module.n_w, device=self.device)
     generator = torch.Generator(device=self.device).manual_seed(seed_streams(self.seed)["inference"])
-    n_noise = self.module.n_x + self.module.n_w
-    def terms(mb: Minibatch):
-        if n_samples > 0: return minibatch_terms(self.module, mb, n_samples, generator)
-        return self.module.elbo(mb.counts, mb.batch, torch.zeros(1, len(mb.index), n_noise, device=self.device), mb.nonzero)
-    return self._per_cell(adata, terms, batch_size)
+    return self.module.sample_noise(1, n_samples, generator)
+
+@patch
+def _sampled_terms(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int):
+    "Per-cell ELBO terms and proba from `n_samples` draws of (x, w) per cell, the same standardised draws for every cell (0: at the posterior means)."
+    noise = self._inference_noise(n_samples)
+    return self._per_cell(adata, lambda mb: self.module.elbo(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1), mb.nonzero),
+                          batch_size)
 
 # %% ../nbs/06_model.ipynb #961f4322
 @patch
@@ -292,7 +314,8 @@ def save(self: GMVAE, path: str | Path, overwrite: bool = False) -> Path:
     with atomic_path(path / "model.pt") as tmp: torch.save(self.module.state_dict(), tmp)
     with atomic_path(path / "history.csv") as tmp: self.history.to_csv(tmp, index=False)
     config = dict(format_version=FORMAT_VERSION, package_version=__version__, torch_version=torch.__version__,
-                  model=dict(layer=self.layer, batch_key=self.batch_key, seed=self.seed, module_kwargs=self.module_kwargs),
+                  model=dict(layer=self.layer, batch_key=self.batch_key, seed=self.seed, settings=self.settings,
+                             module_kwargs=self.module_kwargs),
                   genes=list(self.genes), batches=list(self.batches), normalisation=_normalisation(self.module),
                   training=self.train_config)
     with atomic_path(path / "config.json") as tmp: tmp.write_text(json.dumps(config, indent=1))
@@ -310,7 +333,9 @@ def load(cls: GMVAE, path: str | Path, adata: ad.AnnData, device: str = "auto") 
                          f"this gmvae_nb reads format versions up to {FORMAT_VERSION}: upgrade gmvae_nb to load it")
     model = cls.__new__(cls)
     spec = config["model"]
-    model._setup(adata, config["genes"], config["batches"], spec["module_kwargs"], spec["layer"], spec["batch_key"], spec["seed"])
+    # format 1 saved only the arguments given; the defaults then were the blog's architecture
+    settings, module_kwargs = (spec["settings"], spec["module_kwargs"]) if version >= 2 else ("blog", _module_arguments("blog", spec["module_kwargs"]))
+    model._setup(adata, config["genes"], config["batches"], settings, module_kwargs, spec["layer"], spec["batch_key"], spec["seed"])
     model.module.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     model.module.to(select_device(device))
     try: model.history = pd.read_csv(path / "history.csv", float_precision="round_trip")

@@ -19,7 +19,8 @@ from .distributions import nb_log_likelihood
 from .elbo import LOGVAR_RANGE, elbo_terms
 
 # %% auto #0
-__all__ = ['LOG_THETA_RANGE', 'DISPERSIONS', 'CONDITIONAL_PRIORS', 'mlp', 'GMVAEModule', 'assert_cellwise']
+__all__ = ['LOG_THETA_RANGE', 'DISPERSIONS', 'CONDITIONAL_PRIORS', 'BATCH_INJECTIONS', 'mlp', 'CovariateMLP', 'GMVAEModule',
+           'assert_cellwise']
 
 # %% ../nbs/04_modules.ipynb #8b2197ce
 def mlp(n_in: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Module, int]:
@@ -30,10 +31,26 @@ def mlp(n_in: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Module, in
         n_in = n_out
     return nn.Sequential(*layers), n_in
 
+
+class CovariateMLP(nn.Module):
+    "`mlp` whose every block sees a covariate vector beside its input (scVI's \"deeply injected\" batch): `forward(inputs, covariates)`."
+    def __init__(self, n_in: int, n_covariates: int, hidden: Sequence[int], dropout: float):
+        super().__init__()
+        blocks, width = [], n_in
+        for n_out in hidden:
+            block, width = mlp(width + n_covariates, (n_out,), dropout)
+            blocks.append(block)
+        self.blocks, self.width = nn.ModuleList(blocks), width
+
+    def forward(self, inputs: Tensor, covariates: Tensor) -> Tensor:
+        for block in self.blocks: inputs = block(torch.cat([inputs, covariates], dim=-1))
+        return inputs
+
 # %% ../nbs/04_modules.ipynb #998146b7
 LOG_THETA_RANGE = (-10.0, 12.0)  # θ from 4.5e-5 (extreme over-dispersion) to 1.6e5 (Poisson for any realistic mean)
 DISPERSIONS = ("gene", "gene-batch", "cell")
 CONDITIONAL_PRIORS = ("exact", "surrogate")
+BATCH_INJECTIONS = ("first", "all")  # decoder layers that see the batch one-hot
 
 
 def _split_gaussian(params: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,15 +72,16 @@ class GMVAEModule(nn.Module):
         n_genes: int,  # G, number of genes
         n_batches: int,  # S, number of batches (one-hot into the decoder)
         n_clusters: int = 20,  # K, mixture components
-        n_x: int = 80,  # dimension of the clustered latent x
-        n_w: int = 60,  # dimension of the mixture context w
-        encoder_hidden: Sequence[int] = (300, 250),
-        decoder_hidden: Sequence[int] = (250, 300),
-        beta_hidden: Sequence[int] = (300,),
-        dropout: float = 0.05,
+        n_x: int = 10,  # dimension of the clustered latent x (the blog: 80)
+        n_w: int = 5,  # dimension of the mixture context w (the blog: 60)
+        encoder_hidden: Sequence[int] = (128,),  # the blog: (300, 250)
+        decoder_hidden: Sequence[int] = (128,),  # the blog: (250, 300)
+        beta_hidden: Sequence[int] = (128,),  # the blog: (300,)
+        dropout: float = 0.1,  # the blog: 0.05
         dispersion: str = "gene",  # "gene": θ_g; "gene-batch": θ_gs; "cell": a decoder head per cell and sample
         learn_pi: bool = False,  # learn π = softmax(η) instead of the uniform 1/K
         encode_batch: bool = False,  # also feed the batch one-hot to the encoder
+        inject_batch: str = "first",  # decoder layers that see the batch one-hot: "first", or "all" (as scVI)
         conditional_prior: str = "exact",  # "exact" ELBO term, or the paper's "surrogate"
         library_target: float = 1e4,  # c in the encoder input log1p(y/ℓ·c), saved as a buffer
     ):
@@ -73,16 +91,20 @@ class GMVAEModule(nn.Module):
         if dispersion not in DISPERSIONS: raise ValueError(f"dispersion must be one of {DISPERSIONS}, got {dispersion!r}")
         if conditional_prior not in CONDITIONAL_PRIORS:
             raise ValueError(f"conditional_prior must be one of {CONDITIONAL_PRIORS}, got {conditional_prior!r}")
+        if inject_batch not in BATCH_INJECTIONS:
+            raise ValueError(f"inject_batch must be one of {BATCH_INJECTIONS}, got {inject_batch!r}")
         if not library_target > 0: raise ValueError(f"library_target must be positive, got {library_target!r}")
         self.n_genes, self.n_batches, self.n_clusters, self.n_x, self.n_w = n_genes, n_batches, n_clusters, n_x, n_w
         self.dispersion, self.conditional_prior, self.encode_batch = dispersion, conditional_prior, encode_batch
+        self.inject_batch = inject_batch
         self.register_buffer("library_target", torch.tensor(float(library_target)))
 
         self.encoder, width = mlp(n_genes + (n_batches if encode_batch else 0), encoder_hidden, dropout)
         self.x_head, self.w_head = nn.Linear(width, 2 * n_x), nn.Linear(width, 2 * n_w)
         beta_body, width = mlp(n_w, beta_hidden, dropout)
         self.beta = nn.Sequential(beta_body, nn.Linear(width, n_clusters * 2 * n_x))
-        self.decoder, width = mlp(n_x + n_batches, decoder_hidden, dropout)
+        if inject_batch == "all": self.decoder = CovariateMLP(n_x, n_batches, decoder_hidden, dropout); width = self.decoder.width
+        else: self.decoder, width = mlp(n_x + n_batches, decoder_hidden, dropout)
         self.logits_head = nn.Linear(width, n_genes)
         if dispersion == "cell": self.log_theta_head = nn.Linear(width, n_genes)
         else: self.log_theta = nn.Parameter(torch.zeros(n_genes) if dispersion == "gene" else torch.zeros(n_batches, n_genes))
@@ -123,7 +145,8 @@ def prior(self: GMVAEModule, w: Tensor) -> tuple[Tensor, Tensor]:
 @patch
 def decode(self: GMVAEModule, x: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
     "Logits h (..., B, G) of the expression composition, and log θ broadcastable to them: (G,), (B, G) or (..., B, G)."
-    hidden = self.decoder(torch.cat([x, self._one_hot(batch, x.shape[:-1])], dim=-1))
+    one_hot = self._one_hot(batch, x.shape[:-1])
+    hidden = self.decoder(x, one_hot) if self.inject_batch == "all" else self.decoder(torch.cat([x, one_hot], dim=-1))
     if self.dispersion == "cell": log_theta = self.log_theta_head(hidden)
     elif self.dispersion == "gene-batch": log_theta = self.log_theta[batch]
     else: log_theta = self.log_theta

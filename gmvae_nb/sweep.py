@@ -12,19 +12,21 @@ import os
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from itertools import combinations
 from importlib.resources import files
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+from sklearn.metrics import adjusted_rand_score
 from tqdm.auto import tqdm
 
 from .data import atomic_path
 
 # %% auto #0
 __all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'Run', 'plan_runs', 'write_json_atomic', 'run_status', 'execute_notebook_in',
-           'execute_run', 'prepare_data', 'sweep', 'collect', 'summarize']
+           'execute_run', 'prepare_data', 'sweep', 'collect', 'summarize', 'cluster_stability', 'recommend_k']
 
 # %% ../nbs/09_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
@@ -160,3 +162,24 @@ def summarize(table: pd.DataFrame, by: str = "n_clusters") -> pd.DataFrame:
     summary = pd.concat({"mean": grouped.mean(), "sd": grouped.std(ddof=1)}, axis=1).swaplevel(axis=1).sort_index(axis=1)
     summary[("runs", "n")] = grouped.size()
     return summary
+
+# %% ../nbs/09_sweep.ipynb #bf1a029b
+def cluster_stability(out: str | Path) -> pd.Series:
+    "Per K: the mean ARI between the test cells' clusters of every two finished runs (seeds) of the sweep in `out`; NaN with one run."
+    clusters: dict[int, list[pd.Series]] = {}
+    for path in sorted(Path(out).glob("runs/*/metrics.json")):
+        cells = path.parent / "test_cells.csv"
+        if not cells.is_file(): continue
+        K = int(json.loads(path.read_text())["n_clusters"])
+        clusters.setdefault(K, []).append(pd.read_csv(cells, index_col=0)["gmvae_cluster"])
+    return pd.Series({K: np.mean([adjusted_rand_score(a, b.loc[a.index]) for a, b in combinations(runs, 2)])
+                      if len(runs) > 1 else np.nan for K, runs in sorted(clusters.items())},
+                     name="stability", dtype=float).rename_axis("n_clusters")
+
+
+def recommend_k(table: pd.DataFrame, score: str = "neg_elbo_per_cell") -> int:
+    "The smallest K whose mean `score` (lower is better: the held-out −ELBO per cell) is within one standard error of the lowest mean."
+    grouped = table.groupby("n_clusters")[score]
+    means, errors = grouped.mean(), (grouped.std(ddof=1) / np.sqrt(grouped.size())).fillna(0.0)
+    best = means.idxmin()
+    return int(means.index[means <= means[best] + errors[best]].min())

@@ -16,7 +16,7 @@ import platform
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -35,9 +35,9 @@ from .elbo import loss as elbo_loss
 
 # %% auto #0
 __all__ = ['SEED_STREAMS', 'READ_AHEAD', 'LOADER_THREAD', 'CHECKPOINT_FILE', 'select_device', 'seed_streams', 'Minibatch',
-           'on_disk', 'DiskRows', 'CSRLoader', 'TrainConfig', 'check_finite', 'process_rank', 'world_size',
-           'process_group', 'ShardedLoader', 'minibatch_terms', 'train_epoch', 'evaluate', 'read_checkpoint',
-           'rows_identity', 'check_identity', 'reused_heap', 'fit_module']
+           'on_disk', 'DiskRows', 'CSRLoader', 'default_max_epochs', 'TrainConfig', 'check_finite', 'process_rank',
+           'world_size', 'process_group', 'ShardedLoader', 'minibatch_terms', 'train_epoch', 'evaluate',
+           'read_checkpoint', 'rows_identity', 'check_identity', 'reused_heap', 'fit_module']
 
 # %% ../nbs/05_train.ipynb #6c73edf3
 def _mps_available() -> bool:
@@ -208,33 +208,44 @@ class CSRLoader:
             yield from map(self.minibatch, parts)
 
 # %% ../nbs/05_train.ipynb #a4b85ed4
+def default_max_epochs(n_cells: int) -> int:
+    "Training epochs for `n_cells` cells: scvi-tools' rule, 400 up to 20,000 cells and 8 million cell passes above."
+    return int(min(400, round(400 * 20_000 / max(n_cells, 1))))
+
 @dataclass
 class TrainConfig:
-    "Settings of a training run (the defaults are the blog's schedule)."
-    max_epochs: int = 40
+    "Settings of a training run (the package's defaults; `gmvae_nb.model.SETTINGS['blog']` has the blog's schedule)."
+    max_epochs: int | None = None    # None: scaled to the number of training cells (`default_max_epochs`)
     batch_size: int = 128
-    n_samples: int = 10              # M, reparameterised samples of (x, w) per cell
+    n_samples: int = 1               # M, reparameterised samples of (x, w) per cell
     lr: float = 1e-3
-    lr_decay_epoch: int = 25         # lr is multiplied by `lr_decay` once, after this epoch
+    lr_decay_epoch: int | None = None  # lr is multiplied by `lr_decay` once, after this epoch; None: never
     lr_decay: float = 0.7
     weight_decay: float = 0.0
     kl_z_threshold: float = 0.0      # λ of max(λ, minibatch mean of kl_z); 0 turns it off
     warmup_epochs: float = 0         # linear KL warm-up from 0 to 1 over this many epochs; 0 turns it off
-    early_stopping: bool = False     # stop when the validation −ELBO has not improved for `patience` epochs
-    patience: int = 5
+    early_stopping: bool | None = None  # stop when the validation −ELBO has not improved for `patience` epochs; None: when there are validation cells
+    patience: int = 30
     min_delta: float = 0.0
     grad_clip: float | None = None   # max global gradient norm; None: no clipping
     compile: bool = False            # torch.compile the module's elbo (per-cell terms)
 
     def __post_init__(self):
         for name in ("max_epochs", "batch_size", "n_samples", "patience"):
+            if name == "max_epochs" and self.max_epochs is None: continue
             if getattr(self, name) < 1: raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0: raise ValueError(f"lr must be positive, got {self.lr}")
         if self.grad_clip is not None and self.grad_clip <= 0: raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
 
     def lr_at(self, epoch: int) -> float:
         "Learning rate during `epoch` (1-based)."
-        return self.lr * (self.lr_decay if epoch > self.lr_decay_epoch else 1.0)
+        decayed = self.lr_decay_epoch is not None and epoch > self.lr_decay_epoch
+        return self.lr * (self.lr_decay if decayed else 1.0)
+
+    def resolved(self, n_cells: int, validation: bool) -> "TrainConfig":
+        "These settings with the data's defaults filled in: `max_epochs` for `n_cells` training cells, `early_stopping` on if there are `validation` cells."
+        return replace(self, max_epochs=default_max_epochs(n_cells) if self.max_epochs is None else self.max_epochs,
+                       early_stopping=validation if self.early_stopping is None else self.early_stopping)
 
     def kl_weight_at(self, step: int, steps_per_epoch: int) -> float:
         "Weight of the prior terms at optimiser `step` (1-based): linear from 0 to 1 over `warmup_epochs`."
@@ -518,6 +529,7 @@ def fit_module(module: nn.Module,
         rank, pieces = process_rank(), dict(rank=process_rank(), world_size=world_size())
         train = ShardedLoader(counts, batch_codes, train_indices, config.batch_size, shuffle=True, seed=seeds["shuffle"], **pieces)
         if train.n_cells == 0: raise ValueError("there are no cells to train on")
+        config = config.resolved(train.n_cells, validation_indices is not None)
         validation = (None if validation_indices is None else
                       ShardedLoader(train.counts, batch_codes, validation_indices, max(config.batch_size, 1024), **pieces))
         identity = {**(identity or {}), "seed": seed, "cells x genes": list(train.counts.shape),

@@ -342,17 +342,23 @@ def test_forward_shapes_and_state():
     assert restored.library_target.item() == 1e4
 
 
-def test_default_architecture_matches_design():
-    module = GMVAEModule(n_genes=2000, n_batches=4)
-    linear = lambda seq: [m for m in seq.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linear(module.encoder)] == [(2000, 300), (300, 250)]
-    assert (module.x_head.out_features, module.w_head.out_features) == (160, 120)
-    assert [(l.in_features, l.out_features) for l in linear(module.beta)] == [(60, 300), (300, 2 * 20 * 80)]
-    assert [(l.in_features, l.out_features) for l in linear(module.decoder)] == [(84, 250), (250, 300)]
-    assert (module.logits_head.in_features, module.logits_head.out_features) == (300, 2000)
-    block = [type(m).__name__ for m in module.decoder][:4]
-    assert block == ["Linear", "GELU", "LayerNorm", "Dropout"] and module.decoder[3].p == 0.05
-    assert module.log_theta.shape == (2000,) and not isinstance(module.pi_logits, torch.nn.Parameter)
+def test_blog_preset_matches_design_and_defaults_are_the_documented_ones():
+    "The preset settings='blog' is DESIGN §4's architecture; the defaults are the package's (nbs/04_modules.ipynb)."
+    from gmvae_nb.model import SETTINGS
+    linear = lambda seq: [(m.in_features, m.out_features) for m in seq.modules() if isinstance(m, torch.nn.Linear)]
+    blog = GMVAEModule(n_genes=2000, n_batches=4, **SETTINGS["blog"]["module"])
+    assert linear(blog.encoder) == [(2000, 300), (300, 250)]
+    assert (blog.x_head.out_features, blog.w_head.out_features) == (160, 120)
+    assert linear(blog.beta) == [(60, 300), (300, 2 * 20 * 80)]
+    assert linear(blog.decoder) == [(84, 250), (250, 300)]
+    assert (blog.logits_head.in_features, blog.logits_head.out_features) == (300, 2000)
+    block = [type(m).__name__ for m in blog.decoder][:4]
+    assert block == ["Linear", "GELU", "LayerNorm", "Dropout"] and blog.decoder[3].p == 0.05
+    assert blog.log_theta.shape == (2000,) and not isinstance(blog.pi_logits, torch.nn.Parameter)
+    default = GMVAEModule(n_genes=2000, n_batches=4)
+    assert linear(default.encoder) == [(2000, 128)] and linear(default.decoder) == [(14, 128)]
+    assert (default.x_head.out_features, default.w_head.out_features) == (20, 10)
+    assert linear(default.beta) == [(5, 128), (128, 2 * 20 * 10)] and default.decoder[3].p == 0.1
 
 
 def test_same_generator_seed_same_result():

@@ -54,12 +54,10 @@ RECOVERY_DATA = dict(n_types=8, n_batches=4, n_cells=2000, n_genes=500, seed=4,
 
 
 def test_recovery_of_simulated_types_and_batch_mixing():
-    "8 cell types, 4 batches, K = 8: the clusters recover the types and the latent mixes the batches."
+    "8 cell types, 4 batches, K = 8, every other setting at its default: the clusters recover the types and the latent mixes the batches."
     adata = split(simulate("default", **RECOVERY_DATA))
     started = time.perf_counter()
-    # three restarts, the lowest validation -ELBO kept: a single run lands in a merge-and-split optimum for some seeds
-    # (nbs/06_model.ipynb, "Restarts"); with three, the test does not hang on one trajectory of the floating point
-    model = GMVAE(adata, n_clusters=8, seed=4).fit(warmup_epochs=10, n_init=3, progress=False, device="cpu")
+    model = GMVAE(adata, n_clusters=8, seed=4).fit(progress=False, device="cpu")
     seconds = time.perf_counter() - started
     clusters, latent = model.predict(), model.get_latent()
     labels, batches = adata.obs["cell_type"].to_numpy(), adata.obs["batch"].to_numpy()
@@ -67,8 +65,7 @@ def test_recovery_of_simulated_types_and_batch_mixing():
     ari, ari_test = adjusted_rand_score(labels, clusters), adjusted_rand_score(labels[test], clusters[test])
     batch_asw = float(silhouette_batch(latent, labels, batches))
     print(f"recovery: {adata.n_obs} cells x {adata.n_vars} genes, {len(model.history)} epochs in {seconds:.0f} s; "
-          f"ARI {ari:.3f} (test cells {ari_test:.3f}), batch ASW {batch_asw:.3f}; restarts' -ELBO "
-          f"{model.train_config['restart_neg_elbo']}, kept {model.train_config['restart_chosen']}")
+          f"ARI {ari:.3f} (test cells {ari_test:.3f}), batch ASW {batch_asw:.3f}")
     assert min(ari, ari_test) >= 0.9
     assert batch_asw >= 0.85
 
@@ -108,7 +105,9 @@ def test_fit_never_sees_test_cells(small_data, monkeypatch):
     seen = {}
     def spy(module, counts, codes, train, validation, *args, **kwargs):
         seen.update(train=train, validation=validation)
-        return pd.DataFrame({"epoch": [1]})
+        history = pd.DataFrame({"epoch": [1]})
+        history.attrs["config"] = {}  # what fit_module records of its settings
+        return history
     monkeypatch.setattr(gmvae_nb.model, "fit_module", spy)
     GMVAE(small_data, n_clusters=2, **SMALL).fit(max_epochs=1, progress=False)
     split_of = small_data.obs["split"].to_numpy()
@@ -212,29 +211,51 @@ def pca_of_log_normalised(adata):
     return baseline.obsm["X_pca"]
 
 
-# The starter files hold 500-600 cells: 40 epochs of 4 minibatches are only 160 optimiser steps (the blog trains
-# 58,861 cells for 18,000), and the blog's 80-dimensional x is sized for 13,431 genes. With the blog's defaults the
-# embedding's cell-type ASW was 0.498 (multiome, PCA 0.471) and 0.397 (CITE, PCA 0.506); with a latent sized for the
-# data (n_x 10, n_w 5, as the main job uses; see nbs/06_model.ipynb) and 200 epochs, 0.503 and 0.513-0.514 over seeds
-# 0-2 on CITE.
-STARTER_TRAINING = dict(max_epochs=200, lr_decay_epoch=150)
-
-
+# The real data sets of benchmarks/quality.py, as a user meets them: every setting at its default, K = the number of
+# labelled groups, the seeded split. The benchmark compares with PCA and scVI over seeds (benchmarks/RESULTS.md,
+# "quality"); these check, on seed 0, what the defaults must keep doing. With the blog's settings (n_x 80, n_w 60,
+# 40 epochs, M 10) the cell-type ASW was 0.498 (multiome, PCA 0.471) and 0.397 (CITE, PCA 0.506); with the defaults
+# 0.531-0.537 and 0.515-0.520 over seeds 0-2.
 @pytest.mark.parametrize("name", list(STARTERS))
-def test_real_starter_trains_elbo_falls_and_embedding_beats_pca(name):
-    "K = 10 and a latent sized for 500-600 cells on a real starter file: the ELBO falls, the embedding beats PCA in cell-type ASW."
+def test_real_starter_with_defaults_elbo_falls_and_embedding_beats_pca(name):
+    "Defaults on a real starter file: the held-out ELBO falls, the embedding beats PCA in cell-type ASW, the components are used."
     if not STARTERS[name].is_file(): pytest.skip(f"{STARTERS[name]} is not here")
-    adata = load_counts(STARTERS[name])
-    model = GMVAE(adata, n_clusters=10, seed=0, n_x=10, n_w=5).fit(progress=False, device="cpu", **STARTER_TRAINING)
-    neg_elbo = model.history["train_neg_elbo"]
+    adata = split(load_counts(STARTERS[name]), seed=0)
+    n_types = adata.obs["cell_type"].nunique()
+    model = GMVAE(adata, n_clusters=n_types, seed=0).fit(progress=False, device="cpu")
+    neg_elbo = model.history["validation_neg_elbo"]
     assert np.isfinite(model.history.drop(columns="seconds").to_numpy()).all()
-    assert neg_elbo.iloc[-1] < 0.75 * neg_elbo.iloc[0] and neg_elbo.iloc[-20:].mean() < neg_elbo.iloc[20:40].mean()
+    assert neg_elbo.min() < 0.75 * neg_elbo.iloc[0]
     labels = adata.obs["cell_type"].to_numpy()
     asw_model = float(silhouette_label(model.get_latent(), labels))
     asw_pca = float(silhouette_label(pca_of_log_normalised(adata), labels))
-    print(f"{name} starter ({adata.n_obs} x {adata.n_vars}, {adata.obs['cell_type'].nunique()} types): -ELBO per cell "
-          f"{neg_elbo.iloc[0]:.1f} -> {neg_elbo.iloc[-1]:.1f}; cell-type ASW GMVAE {asw_model:.3f}, PCA {asw_pca:.3f}")
+    used = len(np.unique(model.predict()))
+    print(f"{name} starter ({adata.n_obs} x {adata.n_vars}, {n_types} types): {len(model.history)} epochs, validation "
+          f"-ELBO per cell {neg_elbo.iloc[0]:.1f} -> {neg_elbo.min():.1f}; cell-type ASW GMVAE {asw_model:.3f}, "
+          f"PCA {asw_pca:.3f}; {used} of {n_types} components used")
     assert asw_model > asw_pca
+    assert used >= 0.8 * n_types
+
+
+CELLBENCH = DATA / "cellbench_rnamix.h5ad"
+
+
+def test_two_technologies_are_mixed_and_the_groups_kept_with_defaults():
+    "CellBench RNA mixtures, two technologies, 7 groups: the defaults mix the technologies and the own clusters find the groups."
+    if not CELLBENCH.is_file(): pytest.skip(f"{CELLBENCH} is not here")
+    from gmvae_nb.data import select_genes
+    from gmvae_nb.metrics import exact_neighbors, ilisi, knn_connectivities, leiden_scores, pca_baseline
+    adata = split(select_genes(load_counts(CELLBENCH), n_top=2000), seed=0)
+    model = GMVAE(adata, n_clusters=7, seed=0).fit(progress=False, device="cpu")
+    labels, batches = adata.obs["cell_type"].astype(str).to_numpy(), adata.obs["batch"].astype(str).to_numpy()
+    own_ari = adjusted_rand_score(labels, model.predict())
+    pca = pca_baseline(adata, n_comps=30)  # the issue's protocol, as benchmarks/quality.py
+    leiden_pca = leiden_scores(knn_connectivities(exact_neighbors(pca, 15)), labels, resolutions=(1.0,)).loc[1.0, "ari"]
+    mixing = {name: ilisi(exact_neighbors(x, 90), batches) for name, x in (("GMVAE", model.get_latent()), ("PCA", pca))}
+    print(f"cellbench: own-cluster ARI {own_ari:.3f} (Leiden r=1 on PCA {leiden_pca:.3f}); iLISI GMVAE "
+          f"{mixing['GMVAE']:.3f}, PCA {mixing['PCA']:.3f}")
+    assert own_ari >= 0.7 and own_ari > leiden_pca  # seed 0: 0.79 against 0.66 (0.79-0.85 and 0.64-0.69 over seeds 0-2)
+    assert mixing["GMVAE"] >= 0.7 and mixing["PCA"] <= 0.5  # unintegrated PCA keeps the technologies apart
 
 
 def test_cli_fit_writes_model_and_annotated_h5ad(tmp_path):

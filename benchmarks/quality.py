@@ -1,0 +1,174 @@
+"""Clustering and batch removal of the GMVAE with its defaults (and the blog preset) against unintegrated PCA and scVI.
+
+    .venv/bin/pip install -e ".[scvi]"     # once, for the scVI rows (without it they are left out, and said so)
+    .venv/bin/python benchmarks/quality.py                                   # every data set, seeds 0 1 2
+    .venv/bin/python benchmarks/quality.py --datasets multiome cellbench --seeds 0 --methods gmvae pca
+
+What a user does: `GMVAE(adata, n_clusters=K, seed=s).fit()` with every other setting at its default, K the number of
+labelled groups, after `split(adata)` (so that the default training sees the train cells, validates on the
+validation cells, and the test cells are held out). The baselines see all cells: PCA (30 components of the
+log-normalised counts) and scVI (scvi-tools' defaults, its epochs heuristic), seeded with the same s. Each
+embedding is scored with `gmvae_nb.metrics.evaluate` on all cells and on the test cells, plus the ARI of Leiden at
+resolution 1 on the 15-NN graph (what a scanpy user's default `sc.tl.leiden` gives) and, for the GMVAE, the model's
+own clusters (`predict`) and how many of its K components hold a cell.
+
+Data sets (all read or made here; the real ones from ../shared/data, never copied):
+
+* `multiome`, `cite`: the two BMMC starter files (500 × 600, 21 types; 600 × 1,000, 41 types; 2 batches each);
+* `cellbench`: CellBench RNA mixture, two technologies, 7 groups, 2,000 highly variable genes;
+* `default`: the package's `default` simulation preset (2,000 cells × 1,000 genes, 10 types, 4 batches);
+* `recovery`: 8 equally frequent, clearly different types, 4 batches (as `tests/test_model.py`), data seed = seed;
+* `bmmc10k`: the `bmmc` simulation preset at 10,000 cells, 2,000 highly variable genes (slow: minutes per method).
+
+It prints one row per data set × method × seed as it goes, then the medians over seeds and the issue's checks
+(own-cluster ARI against Leiden r=1 on PCA and scVI, best NMI / k-means ARI against the better baseline, batch ASW
+and kBET against scVI, training time against scVI), and writes every row to `--out` (CSV).
+"""
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATASETS = ("multiome", "cite", "cellbench", "default", "recovery", "bmmc10k")
+METHODS = ("gmvae", "blog", "pca", "scvi")
+RECOVERY_DATA = dict(n_types=8, n_batches=4, n_cells=2000, n_genes=500, type_weights=(1.0,) * 10, type_de_prob=0.2,
+                     type_de_loc=1.5)
+
+
+def load(name: str, seed: int):
+    "The data set `name` (counts in layers['counts'], obs batch and cell_type), split into train/validation/test."
+    from gmvae_nb.data import load_counts, select_genes, split
+    from gmvae_nb.simulate import simulate
+    if name == "multiome": adata = load_counts(SHARED / "openproblems_bmmc_multiome_starter.output_rna.h5ad")
+    elif name == "cite": adata = load_counts(SHARED / "openproblems_bmmc_cite_starter.output_rna.h5ad")
+    elif name == "cellbench": adata = select_genes(load_counts(SHARED / "cellbench_rnamix.h5ad"), n_top=2000)
+    elif name == "default": adata = simulate("default", seed=0)
+    elif name == "recovery": adata = simulate("default", seed=seed, **RECOVERY_DATA)
+    elif name == "bmmc10k": adata = select_genes(simulate("bmmc", n_cells=10_000, seed=0), n_top=2000)
+    else: raise ValueError(f"unknown data set {name!r}; choose from {DATASETS}")
+    return split(adata, seed=0)
+
+
+def embed(method: str, adata, n_clusters: int, seed: int) -> tuple[str, float, dict]:
+    "Train `method` on `adata`; returns the obsm key of its embedding, the training seconds and extra figures."
+    started = time.perf_counter()
+    if method in ("gmvae", "blog"):
+        from gmvae_nb.model import GMVAE
+        settings = {} if method == "gmvae" else dict(settings="blog")
+        model = GMVAE(adata, n_clusters=n_clusters, seed=seed, **settings).fit(progress=False)
+        seconds = time.perf_counter() - started
+        model.get_latent()
+        clusters = model.predict()
+        return "X_gmvae", seconds, dict(components_used=len(np.unique(clusters)), epochs=len(model.history))
+    if method == "pca":
+        from gmvae_nb.metrics import pca_baseline
+        pca_baseline(adata, n_comps=30, seed=seed)
+        return "X_pca_unintegrated", time.perf_counter() - started, {}
+    if method == "scvi":
+        from gmvae_nb.metrics import scvi_baseline
+        scvi_baseline(adata, seed=seed, enable_progress_bar=False)
+        return "X_scVI", time.perf_counter() - started, {}
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def leiden_r1_ari(adata, key: str) -> float:
+    "ARI with the cell types of Leiden at resolution 1 on the 15-NN graph of `obsm[key]` (scanpy's default clustering)."
+    from sklearn.metrics import adjusted_rand_score
+    from gmvae_nb.metrics import exact_neighbors, knn_connectivities, leiden_scores
+    graph = knn_connectivities(exact_neighbors(adata.obsm[key], 15))
+    return float(leiden_scores(graph, adata.obs["cell_type"].astype(str).to_numpy(), resolutions=(1.0,)).loc[1.0, "ari"])
+
+
+def score(adata, key: str, own: bool) -> dict:
+    "`evaluate` on all cells and on the test cells, with Leiden r=1 ARI."
+    from gmvae_nb.metrics import evaluate
+    cluster_key = "gmvae_cluster" if own else None
+    test = adata[(adata.obs["split"] == "test").to_numpy()]
+    row = evaluate(adata, key, cluster_key=cluster_key) | dict(ari_leiden_r1=leiden_r1_ari(adata, key))
+    row |= {f"test_{k}": v for k, v in evaluate(test, key, cluster_key=cluster_key, n_neighbors=min(90, test.n_obs - 1)).items()
+            if k in ("ari_own_clusters", "nmi_leiden_best", "ari_kmeans_best", "asw_batch", "kbet_per_label")}
+    return row
+
+
+def checks(medians: pd.DataFrame) -> pd.DataFrame:
+    "The issue's 'done when' comparisons, one row per data set (medians over seeds)."
+    rows = []
+    for dataset, by in medians.groupby(level=0):
+        m = by.droplevel(0)
+        if "gmvae" not in m.index: continue
+        g, baselines = m.loc["gmvae"], [b for b in ("pca", "scvi") if b in m.index]
+        row = {"data": dataset, "own ARI": g["ari_own_clusters"],
+               "Leiden r1 ARI (PCA / scVI)": " / ".join(f"{m.loc[b, 'ari_leiden_r1']:.3f}" for b in baselines),
+               "components used / K": f"{g['components_used']:.0f} / {g['n_clusters']:.0f}"}
+        if baselines:
+            row["own ≥ Leiden r1"] = all(g["ari_own_clusters"] >= m.loc[b, "ari_leiden_r1"] for b in baselines)
+            row["NMI ≥ best baseline"] = g["nmi_leiden_best"] >= max(m.loc[b, "nmi_leiden_best"] for b in baselines)
+            row["k-means ARI ≥ best baseline"] = g["ari_kmeans_best"] >= max(m.loc[b, "ari_kmeans_best"] for b in baselines)
+        if "scvi" in m.index:
+            s = m.loc["scvi"]
+            row["batch ASW ≥ scVI − 0.02"] = g["asw_batch"] >= s["asw_batch"] - 0.02
+            row["kBET ≥ scVI"] = g["kbet_per_label"] >= s["kbet_per_label"]
+            row["time ≤ scVI"] = g["train_seconds"] <= s["train_seconds"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(table: pd.DataFrame, index: bool = True) -> str:
+    "`table` as a Markdown table (numbers to 3 decimals), without the optional `tabulate`."
+    frame = table.reset_index() if index else table
+    if frame.empty: return "(no rows)"
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=[d for d in DATASETS if d != "bmmc10k"], choices=DATASETS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    parser.add_argument("--out", default="quality.csv", help="CSV of every row (default: %(default)s)")
+    args = parser.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    methods = list(args.methods)
+    if "scvi" in methods:
+        try: import scvi  # noqa: F401
+        except ImportError:
+            print('scvi-tools is not installed (pip install -e ".[scvi]"): the scVI rows are left out')
+            methods.remove("scvi")
+    rows = []
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            adata = load(dataset, seed)
+            n_clusters = adata.obs["cell_type"].nunique()
+            for method in methods:
+                key, seconds, extra = embed(method, adata, n_clusters, seed)
+                row = dict(dataset=dataset, method=method, seed=seed, n_clusters=n_clusters, n_cells=adata.n_obs,
+                           train_seconds=seconds, **extra, **score(adata, key, own=method in ("gmvae", "blog")))
+                rows.append(row)
+                shown = {k: row.get(k, np.nan) for k in ("ari_own_clusters", "components_used", "ari_leiden_r1",
+                                                         "nmi_leiden_best", "ari_kmeans_best", "asw_batch",
+                                                         "kbet_per_label", "ilisi", "train_seconds")}
+                print(f"{dataset:9s} {method:6s} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()),
+                      flush=True)
+                pd.DataFrame(rows).to_csv(args.out, index=False)
+    table = pd.DataFrame(rows)
+    medians = table.groupby(["dataset", "method"]).median(numeric_only=True).drop(columns="seed")
+    columns = ["ari_own_clusters", "components_used", "ari_leiden_r1", "nmi_leiden_best", "ari_kmeans_best",
+               "asw_label", "asw_batch", "kbet_per_label", "ilisi", "test_ari_own_clusters", "train_seconds"]
+    print(f"\nMedians over seeds {args.seeds}:\n")
+    print(markdown(medians.reindex(columns=columns)))
+    print("\nChecks (medians):\n")
+    print(markdown(checks(medians), index=False))
+    print(f"\nevery row: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
