@@ -120,6 +120,10 @@ def _run_sweep(args: argparse.Namespace, data: str, out: Path) -> bool:
                   **_training_parameters(args))
     failed = table.index[table.status == "failed"].tolist()
     print(table.to_string())
+    if (table.status == "done").any():
+        from gmvae_nb.sweep import collect, recommend_k
+        print(f"recommended K (the smallest K whose held-out -ELBO is within one standard error of the lowest): "
+              f"{recommend_k(collect(out))}")
     print(f"sweep {out}: {len(table)} runs, skipped {int(table.skipped.sum())} finished before, "
           f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
     return not failed

@@ -163,7 +163,7 @@ def summarize(table: pd.DataFrame, by: str = "n_clusters") -> pd.DataFrame:
     summary[("runs", "n")] = grouped.size()
     return summary
 
-# %% ../nbs/09_sweep.ipynb #bf1a029b
+# %% ../nbs/09_sweep.ipynb #2408515a
 def cluster_stability(out: str | Path) -> pd.Series:
     "Per K: the mean ARI between the test cells' clusters of every two finished runs (seeds) of the sweep in `out`; NaN with one run."
     clusters: dict[int, list[pd.Series]] = {}
