@@ -209,8 +209,8 @@ class CSRLoader:
 
 # %% ../nbs/05_train.ipynb #a4b85ed4
 def default_max_epochs(n_cells: int) -> int:
-    "Training epochs for `n_cells` cells: scvi-tools' rule, 400 up to 20,000 cells and 8 million cell passes above."
-    return int(min(400, round(400 * 20_000 / max(n_cells, 1))))
+    "Training epochs for `n_cells` cells: scvi-tools' rule, 400 up to 20,000 cells and 8 million cell passes above (at least 1)."
+    return int(max(1, min(400, round(400 * 20_000 / max(n_cells, 1)))))
 
 @dataclass
 class TrainConfig:
