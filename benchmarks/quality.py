@@ -77,7 +77,6 @@ def embed(method: str, adata, n_clusters: int, seed: int) -> tuple[str, float, d
 
 def leiden_r1_ari(adata, key: str) -> float:
     "ARI with the cell types of Leiden at resolution 1 on the 15-NN graph of `obsm[key]` (scanpy's default clustering)."
-    from sklearn.metrics import adjusted_rand_score
     from gmvae_nb.metrics import exact_neighbors, knn_connectivities, leiden_scores
     graph = knn_connectivities(exact_neighbors(adata.obsm[key], 15))
     return float(leiden_scores(graph, adata.obs["cell_type"].astype(str).to_numpy(), resolutions=(1.0,)).loc[1.0, "ari"])

@@ -167,11 +167,9 @@ def summarize(table: pd.DataFrame, by: str = "n_clusters") -> pd.DataFrame:
 def cluster_stability(out: str | Path) -> pd.Series:
     "Per K: the mean ARI between the test cells' clusters of every two finished runs (seeds) of the sweep in `out`; NaN with one run."
     clusters: dict[int, list[pd.Series]] = {}
-    for path in sorted(Path(out).glob("runs/*/metrics.json")):
-        cells = path.parent / "test_cells.csv"
-        if not cells.is_file(): continue
-        K = int(json.loads(path.read_text())["n_clusters"])
-        clusters.setdefault(K, []).append(pd.read_csv(cells, index_col=0)["gmvae_cluster"])
+    for run, K in collect(out)["n_clusters"].items():
+        cells = Path(out) / "runs" / run / "test_cells.csv"
+        if cells.is_file(): clusters.setdefault(int(K), []).append(pd.read_csv(cells, index_col=0)["gmvae_cluster"])
     return pd.Series({K: np.mean([adjusted_rand_score(a, b.loc[a.index]) for a, b in combinations(runs, 2)])
                       if len(runs) > 1 else np.nan for K, runs in sorted(clusters.items())},
                      name="stability", dtype=float).rename_axis("n_clusters")
