@@ -8,7 +8,7 @@ Docs: https://gmvae-nb.github.io/gmvae-nb/data.html.md"""
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -395,13 +395,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     "A temporary path beside `path` for a writer; renamed to `path` if the block succeeds, removed if it fails."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)  # see `leftover_temporaries`
-    os.close(fd)
+    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"  # see `leftover_temporaries`
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, as to any new file
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def leftover_temporaries(path: str | Path) -> list[Path]:

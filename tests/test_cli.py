@@ -1,5 +1,7 @@
 "The `gmvae-nb` command line, run as a user runs it: a subprocess of the installed console script."
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,8 @@ import pytest
 CLI = str(Path(sys.executable).with_name("gmvae-nb"))
 
 
-def run_cli(*args, cwd=None):
-    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+def run_cli(*args, cwd=None, umask=-1):
+    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, umask=umask)
 
 
 def test_help_lists_every_command():
@@ -54,3 +56,14 @@ def test_unknown_preset_fails_without_writing(tmp_path):
     assert result.returncode != 0
     assert "no-such-preset" in result.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_outputs_are_created_with_the_users_umask(tmp_path):
+    "Every file a command writes gets mode 0o666 less the umask, as any new file does: 0o644 under 022, not owner-only."
+    data = tmp_path / "data.h5ad"
+    assert run_cli("simulate", "--n-cells", 200, "--n-genes", 40, "--out", data, umask=0o022).returncode == 0
+    result = run_cli("fit", data, "--out", tmp_path / "run", "-K", 2, "--epochs", 1, "--quiet", umask=0o022)
+    assert result.returncode == 0, result.stderr
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"data.h5ad", "run/adata.h5ad", "run/model/model.pt", "run/model/config.json"} <= set(modes)
+    assert set(modes.values()) == {0o644}, modes
