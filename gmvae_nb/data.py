@@ -23,8 +23,8 @@ from anndata.abc import CSCDataset, CSRDataset
 from anndata.io import read_elem, sparse_dataset
 
 # %% auto #0
-__all__ = ['SPLITS', 'check_counts', 'count_matrix', 'load_counts', 'select_genes', 'split', 'atomic_path',
-           'leftover_temporaries', 'write_h5ad']
+__all__ = ['SPLITS', 'check_counts', 'count_matrix', 'load_counts', 'optional_dependencies', 'select_genes', 'split',
+           'atomic_path', 'leftover_temporaries', 'write_h5ad']
 
 # %% ../nbs/00_data.ipynb #13dd5fa0
 _BLOCK_ENTRIES = 2**22  # stored entries read, checked and converted at a time (≈ 50 MB as float64 values + int32 indices)
@@ -322,6 +322,17 @@ def load_counts(
     except (OSError, RuntimeError) as error:  # what h5py raises on a file that is not HDF5, truncated or damaged
         raise OSError(f"Cannot read '{path}': it is not an h5ad file, or it is truncated or corrupt (HDF5: {error}).") from error
 
+# %% ../nbs/00_data.ipynb #703bbaab
+@contextmanager
+def optional_dependencies(extra: str) -> Iterator[None]:
+    "Imports in this block come with gmvae-nb's `extra`: a missing package raises a ModuleNotFoundError naming the extra to install."
+    try: yield
+    except ModuleNotFoundError as e:
+        package = (e.name or "").partition(".")[0]
+        if package in ("", "gmvae_nb"): raise  # a module of the package itself missing is a bug, not an extra
+        raise ModuleNotFoundError(f'{package} is not installed: it comes with the {extra!r} extra, pip install "gmvae-nb[{extra}]"',
+                                  name=e.name) from e
+
 # %% ../nbs/00_data.ipynb #7707c488
 def select_genes(
     adata: ad.AnnData,  # cells × genes with raw counts
@@ -331,7 +342,7 @@ def select_genes(
     subset: bool = True,  # return a new AnnData of the selected genes, or annotate `adata.var` in place
 ) -> ad.AnnData:  # the gene subset (subset=True) or `adata` with the HVG columns in `var`
     "Select the `n_top` most variable genes on raw counts with scanpy's batch-aware `seurat_v3` method."
-    import scanpy as sc  # imported here: scanpy takes seconds to import and only this function needs it
+    with optional_dependencies("hvg"): import scanpy as sc  # here: it takes seconds to import, and only this needs it
 
     counts = _pick_matrix(adata.X, adata.layers, layer, "The AnnData")
     if not 0 < n_top <= adata.n_vars:

@@ -19,10 +19,12 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-from sklearn.metrics import adjusted_rand_score
 from tqdm.auto import tqdm
 
-from .data import atomic_path
+from .data import atomic_path, optional_dependencies
+
+with optional_dependencies("sweep"):
+    from sklearn.metrics import adjusted_rand_score
 
 # %% auto #0
 __all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'Run', 'plan_runs', 'write_json_atomic', 'run_status', 'execute_notebook_in',
@@ -67,7 +69,7 @@ def run_status(run_dir: str | Path) -> str:
 # %% ../nbs/09_sweep.ipynb #9755e773
 def execute_notebook_in(folder: str | Path, notebook: str | Path, output: str | Path, **kwargs):
     "Execute `notebook` into `output` with papermill (`kwargs` go to it), its kernel started in `folder`."
-    import papermill as pm
+    with optional_dependencies("sweep"): import papermill as pm
     # nbclient starts the kernel in resources' path; papermill's cwd= would os.chdir this whole process, which the
     # threads that run notebooks side by side race on (one left the process in another run's folder)
     pm.execute_notebook(str(notebook), str(output), resources={"metadata": {"path": str(folder)}}, **kwargs)
@@ -119,7 +121,7 @@ def _local(jobs: list[tuple[Path, dict]], workers: int, notebook, kernel_name) -
 
 
 def _distributed(jobs: list[tuple[Path, dict]], scheduler: str, notebook, kernel_name) -> list[dict]:
-    from distributed import Client, as_completed as completed
+    with optional_dependencies("dask"): from distributed import Client, as_completed as completed
     with Client(scheduler) as client:
         futures = [client.submit(execute_run, d, p, notebook, kernel_name, pure=False) for d, p in jobs]
         return [f.result() for f in tqdm(completed(futures), total=len(futures), desc="runs")]
