@@ -223,15 +223,18 @@ _CLI_VALUES = {("layer", "None"): "X"}  # values of the library's arguments that
 
 
 def in_flags(message: str, command: argparse.ArgumentParser) -> str:
-    "`message` with the library's argument names that are `command`'s options written as its flags: `layer=None` -> `--layer X`, `n_clusters must` -> `--n-clusters must`."
+    "`message` with the library's argument names that are `command`'s options written as its flags: `layer=None` -> `--layer X`, `max_epochs` -> `--epochs`, `lr must` -> `--lr must`."
     flags = {a.dest: max(a.option_strings, key=len) for a in command._actions if a.option_strings and a.help != argparse.SUPPRESS}
     def spelled(match: re.Match) -> str:
-        if match["set"] is None: return flags[match["quoted"] or match["subject"]]
-        value = _CLI_VALUES.get((match["set"], match["value"]), match["value"].strip("'\""))
-        return match[0] if value == "None" else f"{flags[match['set']]} {value}"  # a None the command line cannot spell stays
+        name, value = match["name"], match["value"]
+        if value is not None:  # name=value
+            value = _CLI_VALUES.get((name, value), value.strip("'\""))
+            return match[0] if value == "None" else f"{flags[name]} {value}"  # a None the command line cannot spell stays
+        word = "_" not in name and not match["quoted"] and not message.startswith(" must", match.end())
+        return match[0] if word else flags[name]  # "seed" or "device" alone is a word; it is the option as the subject of "must"
     names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
-    return re.sub(rf"`(?P<quoted>{names})`|\b(?P<subject>{names})(?= must\b)"
-                  rf"|\b(?P<set>{names})=(?P<value>'[^']*'|\"[^\"]*\"|<[^>]*>|[\w.:+-]+)", spelled, message)
+    value = r"""'[^']*'|"[^"]*"|<[^>]*>|[\w.:+-]+"""
+    return re.sub(rf"(?P<quoted>`)?(?<![\w.])(?P<name>{names})(?(quoted)`|(?![\w.(`])(?:=(?P<value>{value}))?)", spelled, message)
 
 
 def main(argv: list[str] | None = None) -> None:
