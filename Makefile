@@ -10,9 +10,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install report test export clean-nbs check
 
-$(STAMP): pyproject.toml
+# every extra (dev pulls them all), with the builds this repository is tested with (constraints.txt: the exact torch)
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)

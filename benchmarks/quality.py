@@ -1,6 +1,6 @@
 """Clustering and batch removal of the GMVAE with its defaults (and the blog preset) against unintegrated PCA and scVI.
 
-    .venv/bin/pip install -e ".[scvi]"     # once, for the scVI rows (without it they are left out, and said so)
+    .venv/bin/pip install -c constraints.txt -e ".[scvi]"     # once, for the scVI rows (without it they are left out, and said so)
     .venv/bin/python benchmarks/quality.py                                   # every data set, seeds 0 1 2
     .venv/bin/python benchmarks/quality.py --datasets multiome cellbench --seeds 0 --methods gmvae pca
 
@@ -148,7 +148,7 @@ def main():
     if "scvi" in methods:
         try: import scvi  # noqa: F401
         except ImportError:
-            print('scvi-tools is not installed (pip install -e ".[scvi]"): the scVI rows are left out')
+            print('scvi-tools is not installed (pip install -c constraints.txt -e ".[scvi]"): the scVI rows are left out')
             methods.remove("scvi")
     rows = []
     for dataset in args.datasets:

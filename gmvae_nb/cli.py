@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
+from . import __version__
+
 # %% auto #0
-__all__ = ['TRAIN_OPTIONS', 'MAIN_JOB_TRAINING', 'simulate_command', 'training_defaults', 'add_training_options', 'fit_command',
-           'add_fit_parser', 'sweep_command', 'report_command', 'main_command', 'build_parser', 'main']
+__all__ = ['TRAIN_OPTIONS', 'FIT_OPTIONS', 'MODEL_SETTINGS', 'SWEEP_OPTIONS', 'MAIN_JOB_TRAINING', 'simulate_command',
+           'add_library_options', 'given', 'fit_command', 'add_fit_parser', 'add_sweep_options', 'sweep_command',
+           'report_command', 'main_command', 'build_parser', 'in_flags', 'main']
 
 # %% ../nbs/07_cli.ipynb #03030950
 def simulate_command(args: argparse.Namespace) -> Path:
@@ -29,95 +33,119 @@ def simulate_command(args: argparse.Namespace) -> Path:
     return path
 
 # %% ../nbs/07_cli.ipynb #2133b07c
-TRAIN_OPTIONS = {  # command-line options -> (setting, type, help)
-    ("--epochs",): ("max_epochs", int, "training epochs"),
-    ("--batch-size",): ("batch_size", int, "cells per minibatch"),
-    ("-M", "--n-samples"): ("n_samples", int, "Monte Carlo samples of (x, w) per cell"),
-    ("--lr",): ("lr", float, "Adam's learning rate"),
-    ("--kl-z-threshold",): ("kl_z_threshold", float, "λ of max(λ, minibatch mean of kl_z); 0 turns it off"),
-    ("--n-x",): ("n_x", int, "dimension of the embedding x"),
-    ("--n-w",): ("n_w", int, "dimension of w"),
-    ("--n-init",): ("n_init", int, "models trained from different initial weights; the lowest final -ELBO is kept"),
+TRAIN_OPTIONS = {  # options of fit, sweep and main -> argparse settings, with the library's default (what --help shows)
+    ("--epochs",): dict(dest="max_epochs", type=int, help="training epochs (default: scaled to the number of training cells)",
+                        default=None),
+    ("--batch-size",): dict(dest="batch_size", type=int, help="cells per minibatch", default=128),
+    ("-M", "--n-samples"): dict(dest="n_samples", type=int, help="Monte Carlo samples of (x, w) per cell", default=1),
+    ("--lr",): dict(dest="lr", type=float, help="Adam's learning rate", default=1e-3),
+    ("--kl-z-threshold",): dict(dest="kl_z_threshold", type=float, help="λ of max(λ, minibatch mean of kl_z); 0 turns it off",
+                                default=0.0),
+    ("--n-x",): dict(dest="n_x", type=int, help="dimension of the embedding x", default=10),
+    ("--n-w",): dict(dest="n_w", type=int, help="dimension of w", default=5),
+    ("--n-init",): dict(dest="n_init", type=int, default=1,
+                        help="models trained from different initial weights; the lowest final -ELBO is kept"),
 }
 
 
-def training_defaults() -> dict:
-    "The default of every setting in `TRAIN_OPTIONS`: `GMVAE.fit`'s (which include `TrainConfig`'s) and `GMVAEModule`'s."
-    import inspect
-    from gmvae_nb.model import GMVAE
-    from gmvae_nb.modules import GMVAEModule
-    fit, module = inspect.signature(GMVAE.fit).parameters, inspect.signature(GMVAEModule).parameters
-    return {name: (fit[name] if name in fit else module[name]).default for name, _, _ in TRAIN_OPTIONS.values()}
+def _shown(default) -> str:
+    "A default as a user would type it."
+    return " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
 
 
-def add_training_options(command: argparse.ArgumentParser, **overrides):
-    "Add the options of `TRAIN_OPTIONS` to `command`, with `training_defaults()` updated by `overrides`."
-    defaults = training_defaults() | overrides
-    for flags, (name, kind, text) in TRAIN_OPTIONS.items():
-        shown = "scaled to the number of training cells" if defaults[name] is None else "%(default)s"
-        command.add_argument(*flags, dest=name, type=kind, default=defaults[name], help=f"{text} (default: {shown})")
+def add_library_options(command: argparse.ArgumentParser, options: dict, **overrides):
+    "Add `options` to `command`: one not given stays out of the parsed arguments (the library's default applies) and `--help` states that default; `overrides` are this command's own defaults."
+    for flags, settings in options.items():
+        default = overrides.get(settings["dest"], settings["default"])
+        text = settings["help"] + ("" if default is None else f" (default: {_shown(default)})")
+        metavar = max(flags, key=len).lstrip("-").replace("-", "_").upper()  # named after the flag, not the library's argument
+        command.add_argument(*flags, **{"metavar": metavar} | settings | {"help": text, "default": argparse.SUPPRESS})
+    command.set_defaults(**overrides)
 
 
-def _training_parameters(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name, _, _ in TRAIN_OPTIONS.values()}
+def given(args: argparse.Namespace, options: dict) -> dict:
+    "The settings of `options` that the command line gave or the command set: what is passed on to the library."
+    return {s["dest"]: getattr(args, s["dest"]) for s in options.values() if hasattr(args, s["dest"])}
 
 # %% ../nbs/07_cli.ipynb #6f0ffbbf
+FIT_OPTIONS = {  # options of fit alone -> argparse settings, with the library's default (GMVAE's or GMVAE.fit's)
+    ("-K", "--n-clusters"): dict(dest="n_clusters", type=int, help="mixture components", default=20),
+    ("--seed",): dict(dest="seed", type=int, help="seed of the initial weights, the training and the per-cell outputs", default=0),
+    ("--warmup-epochs",): dict(dest="warmup_epochs", type=float, help="linear KL warm-up over this many epochs; 0 turns it off",
+                               default=0),
+    ("--early-stopping",): dict(dest="early_stopping", action=argparse.BooleanOptionalAction, default=None,
+                                help="stop once the validation -ELBO stops improving (default: on when obs['split'] has validation cells)"),
+    ("--device",): dict(dest="device", help="auto, cpu, cuda or mps", default="auto"),
+    ("--checkpoint-every",): dict(dest="checkpoint_every", type=int, help="epochs between checkpoints", default=1),
+}
+MODEL_SETTINGS = ("n_clusters", "seed", "n_x", "n_w")  # the settings that go to GMVAE; the others go to GMVAE.fit
+
+
 def fit_command(args: argparse.Namespace) -> Path:
     "Fit a GMVAE to `args.data`; write the model to `OUT/model/` and the annotated data to `OUT/adata.h5ad` (from rank 0 under `torchrun`)."
     from gmvae_nb.data import load_counts, write_h5ad
     from gmvae_nb.model import GMVAE
-    from gmvae_nb.train import process_rank
+    from gmvae_nb.train import process_rank, select_device
+    settings = given(args, TRAIN_OPTIONS) | given(args, FIT_OPTIONS)
+    if "device" in settings:
+        try: select_device(settings["device"])
+        except RuntimeError as e: raise ValueError(*e.args) from e  # a device this machine lacks: bad input, before any work
     out = Path(args.out)
     adata = load_counts(args.data, layer=None if args.layer == "X" else args.layer, batch_key=args.batch_key,
                         label_key=None)
-    settings = _training_parameters(args)
-    model = GMVAE(adata, n_clusters=args.n_clusters, seed=args.seed, n_x=settings.pop("n_x"), n_w=settings.pop("n_w"))
-    model.fit(**settings, warmup_epochs=args.warmup_epochs, early_stopping=args.early_stopping, device=args.device,
-              progress=not args.quiet, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-              resume=args.resume)
+    model = GMVAE(adata, **{name: settings.pop(name) for name in MODEL_SETTINGS if name in settings})
+    model.fit(**settings, progress=not args.quiet, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
     if process_rank() != 0: return out  # the other processes trained along; rank 0 writes the outputs
     model.get_latent()
     model.predict()
     model.save(out / "model", overwrite=True)
     write_h5ad(adata, out / "adata.h5ad")
     last = model.history.iloc[-1]
-    print(f"fitted K={args.n_clusters} to {adata.n_obs:,} cells x {adata.n_vars:,} genes in {len(model.history)} epochs "
-          f"(-ELBO per cell {last['train_neg_elbo']:.1f}); wrote {out / 'model'} and {out / 'adata.h5ad'}")
+    print(f"fitted K={model.module_kwargs['n_clusters']} to {adata.n_obs:,} cells x {adata.n_vars:,} genes in "
+          f"{len(model.history)} epochs (-ELBO per cell {last['train_neg_elbo']:.1f}); wrote {out / 'model'} and {out / 'adata.h5ad'}")
     return out
 
 
 def add_fit_parser(commands) -> argparse.ArgumentParser:
     "Add the `fit` subcommand to the subparsers `commands`."
-    from gmvae_nb.train import TrainConfig
     fit = commands.add_parser("fit", help="fit a GMVAE to an .h5ad file; write the model and the annotated data")
     fit.add_argument("data", help="an .h5ad file of raw counts")
     fit.add_argument("--out", required=True, help="output folder: model/ and adata.h5ad are written there")
     fit.add_argument("--layer", default="counts", help="layer of raw counts, or X (default: %(default)s)")
     fit.add_argument("--batch-key", default="batch", help="obs column of batches (default: %(default)s)")
-    fit.add_argument("-K", "--n-clusters", type=int, default=20, help="mixture components (default: %(default)s)")
-    fit.add_argument("--seed", type=int, default=0)
-    add_training_options(fit)
-    fit.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs,
-                     help="linear KL warm-up (default: %(default)s)")
-    fit.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
-                     help="stop once the validation -ELBO stops improving (default: on when obs['split'] has validation cells)")
-    fit.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
+    add_library_options(fit, FIT_OPTIONS | TRAIN_OPTIONS)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.add_argument("--checkpoint-dir", default=None,
                      help="write a checkpoint of the run here every --checkpoint-every epochs and after the last")
-    fit.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default: %(default)s)")
     fit.add_argument("--resume", action="store_true",
                      help="continue the run checkpointed in --checkpoint-dir up to --epochs (none there: start afresh)")
-    fit.set_defaults(run=fit_command)
+    fit.set_defaults(run=fit_command, parser=fit)
     return fit
 
 # %% ../nbs/07_cli.ipynb #d61dc793
+SWEEP_OPTIONS = {  # options of sweep and main -> argparse settings, with gmvae_nb.sweep.sweep's default
+    ("-K", "--n-clusters"): dict(dest="Ks", type=int, nargs="+", metavar="K", help="numbers of clusters",
+                                 default=(1, 10, 20, 30, 40, 50)),
+    ("--repeats",): dict(dest="repeats", type=int, help="seeds per K", default=6),
+    ("--seed",): dict(dest="base_seed", type=int, help="seed of each K's first run; its repeats take the next ones", default=0),
+    ("--split-seed",): dict(dest="split_seed", type=int, help="seed of the train/validation/test split", default=0),
+    ("--n-top-genes",): dict(dest="n_top_genes", type=int, help="keep this many highly variable genes (default: all)",
+                             default=None),
+    ("--workers",): dict(dest="workers", type=int, help="runs at once on this machine", default=1),
+    ("--scheduler",): dict(dest="scheduler", help="address of a Dask scheduler (tcp://HOST:PORT) to run on", default=None),
+}
+
+
+def add_sweep_options(command: argparse.ArgumentParser, **overrides):
+    "Add the grid's and the training's options to `command`, with `overrides` as its own defaults."
+    add_library_options(command, SWEEP_OPTIONS | TRAIN_OPTIONS, **overrides)
+    command.add_argument("--K", dest="Ks", type=int, nargs="+", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # -K's former spelling
+
+
 def _run_sweep(args: argparse.Namespace, data: str, out: Path) -> bool:
     "Run the sweep the arguments describe; print its table; True if every run finished."
     from gmvae_nb.sweep import sweep
-    table = sweep(data, Ks=args.K, repeats=args.repeats, out=out, workers=args.workers, scheduler=args.scheduler,
-                  base_seed=args.seed, split_seed=args.split_seed, n_top_genes=args.n_top_genes,
-                  **_training_parameters(args))
+    table = sweep(data, out=out, **given(args, SWEEP_OPTIONS), **given(args, TRAIN_OPTIONS))
     failed = table.index[table.status == "failed"].tolist()
     print(table.to_string())
     if (table.status == "done").any():
@@ -155,37 +183,26 @@ def main_command(args: argparse.Namespace) -> Path:
 
 # %% ../nbs/07_cli.ipynb #44205798
 def build_parser() -> argparse.ArgumentParser:
-    "The `gmvae-nb` argument parser, one subparser per command."
+    "The `gmvae-nb` argument parser, one subparser per command; it imports nothing to build."
     parser = argparse.ArgumentParser(prog="gmvae-nb", description="Cluster single-cell RNA-seq counts with a Gaussian-mixture VAE.")
+    parser.add_argument("--version", action="version", version=f"gmvae-nb {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sim = commands.add_parser("simulate", help="write a simulated data set to an .h5ad file")
     sim.add_argument("--preset", default="default", help="simulator preset (default: %(default)s)")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=int, default=0, help="the same seed gives the same data (default: %(default)s)")
     sim.add_argument("--out", required=True, help="path of the .h5ad file to write")
     for size in ("n_cells", "n_genes", "n_types", "n_batches"):
         sim.add_argument(f"--{size.replace('_', '-')}", dest=size, type=int, default=None,
                          help="override the preset's value")
-    sim.set_defaults(run=simulate_command)
+    sim.set_defaults(run=simulate_command, parser=sim)
     add_fit_parser(commands)
 
-    def add_sweep_options(command: argparse.ArgumentParser, Ks, repeats: int, workers: int, **training):
-        command.add_argument("--K", type=int, nargs="+", default=list(Ks), help="numbers of clusters (default: %(default)s)")
-        command.add_argument("--repeats", type=int, default=repeats, help="seeds per K (default: %(default)s)")
-        command.add_argument("--workers", type=int, default=workers, help="runs at once on this machine (default: %(default)s)")
-        command.add_argument("--scheduler", default=None, help="address of a Dask scheduler (tcp://HOST:PORT) to run on")
-        command.add_argument("--seed", type=int, default=0, help="first seed of each K (default: %(default)s)")
-        command.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation/test split")
-        command.add_argument("--n-top-genes", type=int, default=None, help="keep this many highly variable genes")
-        add_training_options(command, **training)
-
-    from gmvae_nb.sweep import BLOG_GRID
-    cores = os.cpu_count() or 1
     swp = commands.add_parser("sweep", help="train for every K and seed through papermill (resumable)")
     swp.add_argument("--data", required=True, help="an .h5ad file of raw counts, or preset:NAME for the simulator")
     swp.add_argument("--out", required=True, help="the sweep's folder")
-    add_sweep_options(swp, BLOG_GRID, repeats=6, workers=1)
-    swp.set_defaults(run=sweep_command)
+    add_sweep_options(swp)
+    swp.set_defaults(run=sweep_command, parser=swp)
 
     rep = commands.add_parser("report", help="render a sweep folder's report to HTML")
     rep.add_argument("sweep", help="the sweep's folder")
@@ -193,19 +210,37 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--title", default=None)
     rep.add_argument("--renderer", choices=["auto", "quarto", "nbconvert"], default="auto",
                      help="auto: Quarto when it is installed, else nbconvert")
-    rep.set_defaults(run=report_command)
+    rep.set_defaults(run=report_command, parser=rep)
 
     job = commands.add_parser("main", help="the main job: the K sweep and its report on the embedded default data set")
     job.add_argument("--out", default="reports/default", help="output folder (default: %(default)s)")
-    add_sweep_options(job, BLOG_GRID, repeats=6, workers=min(cores, 2), **MAIN_JOB_TRAINING)
-    job.set_defaults(run=main_command)
+    add_sweep_options(job, workers=min(os.cpu_count() or 1, 2), **MAIN_JOB_TRAINING)
+    job.set_defaults(run=main_command, parser=job)
     return parser
 
 # %% ../nbs/07_cli.ipynb #9b41c097
+_CLI_VALUES = {("layer", "None"): "X"}  # values of the library's arguments that the command line spells differently
+
+
+def in_flags(message: str, command: argparse.ArgumentParser) -> str:
+    "`message` with the library's argument names that are `command`'s options written as its flags: `layer=None` -> `--layer X`, `max_epochs` -> `--epochs`, `lr must` -> `--lr must`."
+    flags = {a.dest: max(a.option_strings, key=len) for a in command._actions if a.option_strings and a.help != argparse.SUPPRESS}
+    def spelled(match: re.Match) -> str:
+        name, value = match["name"], match["value"]
+        if value is not None:  # name=value
+            value = _CLI_VALUES.get((name, value), value.strip("'\""))
+            return match[0] if value == "None" else f"{flags[name]} {value}"  # a None the command line cannot spell stays
+        word = "_" not in name and not match["quoted"] and not message.startswith(" must", match.end())
+        return match[0] if word else flags[name]  # "seed" or "device" alone is a word; it is the option as the subject of "must"
+    names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
+    value = r"""'[^']*'|"[^"]*"|<[^>]*>|[\w.:+-]+"""
+    return re.sub(rf"(?P<quoted>`)?(?<![\w.])(?P<name>{names})(?(quoted)`|(?![\w.(`])(?:=(?P<value>{value}))?)", spelled, message)
+
+
 def main(argv: list[str] | None = None) -> None:
-    "Entry point of the `gmvae-nb` console script: bad input ends in one clear line and exit status 1."
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    "Entry point of the `gmvae-nb` console script: input the user can fix ends in one line that names the problem, exit status 2."
+    args = build_parser().parse_args(argv)
     try: args.run(args)
-    except (OSError, KeyError, ValueError, TypeError) as e:  # FileNotFoundError is an OSError
-        parser.exit(1, f"gmvae-nb {args.command}: error: {e.args[0] if e.args else e}\n")
+    except (OSError, KeyError, ValueError, TypeError, ModuleNotFoundError) as e:  # FileNotFoundError is an OSError
+        message = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+        args.parser.exit(2, f"{args.parser.prog}: error: {in_flags(message, args.parser)}\n")

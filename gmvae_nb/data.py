@@ -8,7 +8,7 @@ Docs: https://gmvae-nb.github.io/gmvae-nb/data.html.md"""
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,8 +23,8 @@ from anndata.abc import CSCDataset, CSRDataset
 from anndata.io import read_elem, sparse_dataset
 
 # %% auto #0
-__all__ = ['SPLITS', 'check_counts', 'count_matrix', 'load_counts', 'select_genes', 'split', 'atomic_path',
-           'leftover_temporaries', 'write_h5ad']
+__all__ = ['SPLITS', 'check_counts', 'count_matrix', 'load_counts', 'optional_dependencies', 'select_genes', 'split',
+           'atomic_path', 'leftover_temporaries', 'write_h5ad']
 
 # %% ../nbs/00_data.ipynb #13dd5fa0
 _BLOCK_ENTRIES = 2**22  # stored entries read, checked and converted at a time (≈ 50 MB as float64 values + int32 indices)
@@ -322,6 +322,17 @@ def load_counts(
     except (OSError, RuntimeError) as error:  # what h5py raises on a file that is not HDF5, truncated or damaged
         raise OSError(f"Cannot read '{path}': it is not an h5ad file, or it is truncated or corrupt (HDF5: {error}).") from error
 
+# %% ../nbs/00_data.ipynb #703bbaab
+@contextmanager
+def optional_dependencies(extra: str) -> Iterator[None]:
+    "Imports in this block come with gmvae-nb's `extra`: a missing package raises a ModuleNotFoundError naming the extra to install."
+    try: yield
+    except ModuleNotFoundError as e:
+        package = (e.name or "").partition(".")[0]
+        if package in ("", "gmvae_nb"): raise  # a module of the package itself missing is a bug, not an extra
+        raise ModuleNotFoundError(f'{package} is not installed: it comes with the {extra!r} extra, pip install "gmvae-nb[{extra}]"',
+                                  name=e.name) from e
+
 # %% ../nbs/00_data.ipynb #7707c488
 def select_genes(
     adata: ad.AnnData,  # cells × genes with raw counts
@@ -331,7 +342,7 @@ def select_genes(
     subset: bool = True,  # return a new AnnData of the selected genes, or annotate `adata.var` in place
 ) -> ad.AnnData:  # the gene subset (subset=True) or `adata` with the HVG columns in `var`
     "Select the `n_top` most variable genes on raw counts with scanpy's batch-aware `seurat_v3` method."
-    import scanpy as sc  # imported here: scanpy takes seconds to import and only this function needs it
+    with optional_dependencies("hvg"): import scanpy as sc  # here: it takes seconds to import, and only this needs it
 
     counts = _pick_matrix(adata.X, adata.layers, layer, "The AnnData")
     if not 0 < n_top <= adata.n_vars:
@@ -395,13 +406,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     "A temporary path beside `path` for a writer; renamed to `path` if the block succeeds, removed if it fails."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)  # see `leftover_temporaries`
-    os.close(fd)
+    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"  # see `leftover_temporaries`
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, as to any new file
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def leftover_temporaries(path: str | Path) -> list[Path]:

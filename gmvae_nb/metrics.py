@@ -15,23 +15,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import anndata as ad
-import igraph
 import numpy as np
 import pandas as pd
-import scanpy as sc
-import scib_metrics
 import scipy.linalg
 import scipy.sparse as sp
-from scib_metrics.nearest_neighbors import NeighborsResults
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import eigsh
 from scipy.stats import chi2
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_samples
-from sklearn.neighbors import NearestNeighbors
-from threadpoolctl import threadpool_limits
 
-from .data import count_matrix
+from .data import count_matrix, optional_dependencies
+
+with optional_dependencies("metrics"):
+    import igraph
+    import scanpy as sc
+    import scib_metrics
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_samples
+    from sklearn.neighbors import NearestNeighbors
+    from threadpoolctl import threadpool_limits
 
 # %% auto #0
 __all__ = ['GRAPH_NEIGHBORS', 'KBET_NEIGHBORS', 'LEIDEN_RESOLUTIONS', 'METRICS', 'toy_embedding', 'exact_neighbors',
@@ -523,10 +525,7 @@ def scvi_baseline(
     **train_kwargs,  # passed on to `scvi.model.SCVI.train`
 ) -> np.ndarray:  # cells × n_latent, also written to `adata.obsm[key]`
     "Batch-corrected baseline: the latent mean of scVI (needs the optional extra `scvi-tools`)."
-    try:
-        import scvi
-    except ImportError as error:
-        raise ImportError('scvi_baseline needs scvi-tools, an optional extra: pip install -e ".[scvi]"') from error
+    with optional_dependencies("scvi"): import scvi
     scvi.settings.seed = seed
     view = ad.AnnData(obs=adata.obs[[batch_key]] if batch_key else pd.DataFrame(index=adata.obs_names),
                       var=pd.DataFrame(index=adata.var_names), layers={"counts": count_matrix(adata, layer)})

@@ -12,8 +12,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .data import atomic_path
-from .sweep import RUN_NOTEBOOK, collect, execute_notebook_in
+from .data import atomic_path, optional_dependencies
+
+with optional_dependencies("report"):
+    from gmvae_nb.sweep import RUN_NOTEBOOK, collect, execute_notebook_in
 
 REPORT_NOTEBOOK = RUN_NOTEBOOK.with_name("report.ipynb")
 
@@ -23,8 +25,9 @@ __all__ = ['REPORT_NOTEBOOK', 'html_with_nbconvert', 'html_with_quarto', 'render
 # %% ../nbs/10_report.ipynb #ecc5bbb3
 def html_with_nbconvert(notebook: str | Path) -> str:
     "The executed `notebook` as self-contained HTML, code hidden, with nbconvert."
-    import nbformat
-    from nbconvert import HTMLExporter
+    with optional_dependencies("report"):
+        import nbformat
+        from nbconvert import HTMLExporter
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
                             exclude_raw=True, embed_images=True)
     body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))

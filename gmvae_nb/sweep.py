@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -19,14 +21,21 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-from sklearn.metrics import adjusted_rand_score
 from tqdm.auto import tqdm
 
-from .data import atomic_path
+from .data import atomic_path, optional_dependencies
+
+with optional_dependencies("sweep"):
+    import zmq
+    from jupyter_client.manager import AsyncKernelManager
+    from sklearn.metrics import adjusted_rand_score
+    from traitlets import Unicode
+    from traitlets.config import Config
 
 # %% auto #0
-__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'Run', 'plan_runs', 'write_json_atomic', 'run_status', 'execute_notebook_in',
-           'execute_run', 'prepare_data', 'sweep', 'collect', 'summarize', 'cluster_stability', 'recommend_k']
+__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'Run', 'plan_runs', 'write_json_atomic', 'run_status', 'RunKernelManager',
+           'execute_notebook_in', 'execute_run', 'prepare_data', 'sweep', 'collect', 'summarize', 'cluster_stability',
+           'recommend_k']
 
 # %% ../nbs/09_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
@@ -65,19 +74,34 @@ def run_status(run_dir: str | Path) -> str:
     return "failed" if (run_dir / "error.txt").exists() else "pending"
 
 # %% ../nbs/09_sweep.ipynb #9755e773
+class RunKernelManager(AsyncKernelManager):
+    "A kernel manager that sends the kernel's own log (its standard error) to `log_path` instead of the terminal."
+    log_path = Unicode(config=True, help="file the kernel's standard error is written to")
+
+    async def start_kernel(self, **kw):
+        with open(self.log_path, "wb") as log:  # the kernel process keeps its own copy of the descriptor
+            await super().start_kernel(stderr=log, **kw)
+
+
 def execute_notebook_in(folder: str | Path, notebook: str | Path, output: str | Path, **kwargs):
-    "Execute `notebook` into `output` with papermill (`kwargs` go to it), its kernel started in `folder`."
-    import papermill as pm
-    # nbclient starts the kernel in resources' path; papermill's cwd= would os.chdir this whole process, which the
-    # threads that run notebooks side by side race on (one left the process in another run's folder)
-    pm.execute_notebook(str(notebook), str(output), resources={"metadata": {"path": str(folder)}}, **kwargs)
+    "Execute `notebook` into `output` with papermill (`kwargs` go to it), its kernel started in `folder` on private Unix sockets, its log in `output` with the suffix .log."
+    with optional_dependencies("sweep"): import papermill as pm
+    output = Path(output)
+    with tempfile.TemporaryDirectory(prefix="gmvae-kernel-") as sockets:  # short: a socket path has at most ~100 bytes
+        config = Config({"RunKernelManager": {"transport": "ipc" if zmq.has("ipc") else "tcp", "ip": f"{sockets}/kernel",
+                                              "log_path": str(output.with_suffix(".log"))}})
+        # nbclient starts the kernel in resources' path; papermill's cwd= would os.chdir this whole process, which the
+        # threads that run notebooks side by side race on (one left the process in another run's folder)
+        pm.execute_notebook(str(notebook), str(output), resources={"metadata": {"path": str(folder)}},
+                            kernel_manager_class=RunKernelManager, config=config, **kwargs)
 
 def execute_run(run_dir: str | Path, parameters: dict, notebook: str | Path = RUN_NOTEBOOK,
                 kernel_name: str | None = None) -> dict:
-    "Execute `notebook` with `parameters` (plus `out=run_dir`) into `run_dir/run.ipynb`; returns the run's status."
+    "Execute `notebook` with `parameters` (plus `out=run_dir`) into `run_dir/run.ipynb`; returns the run's status and duration."
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("error.txt", "metrics.json"): (run_dir / stale).unlink(missing_ok=True)
+    start = time.perf_counter()
     try:
         execute_notebook_in(run_dir, notebook, run_dir / "run.ipynb", parameters={**parameters, "out": str(run_dir)},
                             kernel_name=kernel_name, progress_bar=False)
@@ -87,7 +111,7 @@ def execute_run(run_dir: str | Path, parameters: dict, notebook: str | Path = RU
     if status == "pending":  # the notebook ran but never wrote its metrics
         (run_dir / "error.txt").write_text(f"{notebook} finished without writing metrics.json\n")
         status = "failed"
-    return {"run": run_dir.name, "status": status}
+    return {"run": run_dir.name, "status": status, "seconds": round(time.perf_counter() - start, 1)}
 
 # %% ../nbs/09_sweep.ipynb #8e9c6c16
 def prepare_data(data: str | Path, out: str | Path, split_seed: int = 0, n_top_genes: int | None = None) -> Path:
@@ -112,17 +136,30 @@ def prepare_data(data: str | Path, out: str | Path, split_seed: int = 0, n_top_g
     return write_h5ad(adata, path)
 
 # %% ../nbs/09_sweep.ipynb #276a3c94
+def _as_finished(finished, total: int) -> list[dict]:
+    "The results of the futures `finished` yields as they finish: a bar of runs, and a line per finished run above it."
+    results = []
+    with tqdm(total=total, desc="runs", unit="run") as bar:
+        for future in finished:
+            result = future.result()
+            where = f"; its error is in runs/{result['run']}/error.txt" if result["status"] == "failed" else ""
+            bar.write(f"{result['run']}: {result['status']} in {result['seconds']:.0f} s{where}")
+            bar.update()
+            results.append(result)
+    return results
+
+
 def _local(jobs: list[tuple[Path, dict]], workers: int, notebook, kernel_name) -> list[dict]:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(execute_run, d, p, notebook, kernel_name) for d, p in jobs]
-        return [f.result() for f in tqdm(as_completed(futures), total=len(futures), desc="runs")]
+        return _as_finished(as_completed(futures), len(futures))
 
 
 def _distributed(jobs: list[tuple[Path, dict]], scheduler: str, notebook, kernel_name) -> list[dict]:
-    from distributed import Client, as_completed as completed
+    with optional_dependencies("dask"): from distributed import Client, as_completed as completed
     with Client(scheduler) as client:
         futures = [client.submit(execute_run, d, p, notebook, kernel_name, pure=False) for d, p in jobs]
-        return [f.result() for f in tqdm(completed(futures), total=len(futures), desc="runs")]
+        return _as_finished(completed(futures), len(futures))
 
 
 def sweep(data: str | Path, Ks=BLOG_GRID, repeats: int = 6, out: str | Path = "sweeps/default",

@@ -1,5 +1,8 @@
 "The `gmvae-nb` command line, run as a user runs it: a subprocess of the installed console script."
+import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +14,8 @@ import pytest
 CLI = str(Path(sys.executable).with_name("gmvae-nb"))
 
 
-def run_cli(*args, cwd=None):
-    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+def run_cli(*args, cwd=None, umask=-1):
+    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, umask=umask)
 
 
 def test_help_lists_every_command():
@@ -20,6 +23,32 @@ def test_help_lists_every_command():
     assert result.returncode == 0
     for command in ("simulate", "main"):
         assert command in result.stdout
+
+
+HELP_WITHOUT_IMPORTS = """
+import json, sys
+from gmvae_nb.cli import main
+for argv in (["--help"], ["--version"], *([command, "--help"] for command in ("simulate", "fit", "sweep", "report", "main"))):
+    try: main(argv)
+    except SystemExit as e: assert e.code == 0, (argv, e.code)
+print(json.dumps(sorted(m for m in ("torch", "numpy", "pandas", "anndata", "scanpy", "papermill") if m in sys.modules)))
+"""
+
+
+def test_help_of_every_command_imports_neither_torch_nor_the_data_stack():
+    result = subprocess.run([sys.executable, "-c", HELP_WITHOUT_IMPORTS], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == []
+    assert "usage: gmvae-nb fit" in result.stdout and "(default: 1 10 20 30 40 50)" in result.stdout
+
+
+def test_version_and_python_m():
+    version = subprocess.run([sys.executable, "-c", "import gmvae_nb; print(gmvae_nb.__version__)"],
+                             capture_output=True, text=True).stdout.strip()
+    assert run_cli("--version").stdout == f"gmvae-nb {version}\n"
+    as_module = subprocess.run([sys.executable, "-m", "gmvae_nb", "--version"], capture_output=True, text=True)
+    assert (as_module.returncode, as_module.stdout) == (0, f"gmvae-nb {version}\n")
+    assert "COMMAND" in subprocess.run([sys.executable, "-m", "gmvae_nb", "--help"], capture_output=True, text=True).stdout
 
 
 def test_missing_command_is_a_usage_error():
@@ -54,3 +83,33 @@ def test_unknown_preset_fails_without_writing(tmp_path):
     assert result.returncode != 0
     assert "no-such-preset" in result.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_outputs_are_created_with_the_users_umask(tmp_path):
+    "Every file a command writes gets mode 0o666 less the umask, as any new file does: 0o644 under 022, not owner-only."
+    data = tmp_path / "data.h5ad"
+    assert run_cli("simulate", "--n-cells", 200, "--n-genes", 40, "--out", data, umask=0o022).returncode == 0
+    result = run_cli("fit", data, "--out", tmp_path / "run", "-K", 2, "--epochs", 1, "--quiet", umask=0o022)
+    assert result.returncode == 0, result.stderr
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"data.h5ad", "run/adata.h5ad", "run/model/model.pt", "run/model/config.json"} <= set(modes)
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_user_errors_are_one_line_naming_the_flag_with_exit_status_2(tmp_path):
+    data = tmp_path / "data.h5ad"
+    assert run_cli("simulate", "--n-cells", 100, "--n-genes", 30, "--out", data).returncode == 0
+    no_gpu = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # torch then sees no CUDA GPU, on any machine
+    cases = [
+        (["fit", tmp_path / "missing.h5ad"], "missing.h5ad"),
+        (["fit", data, "--layer", "raw"], "Use --layer X to read the counts from X"),
+        (["fit", data, "--device", "cuda"], "--device cuda asked for, but this torch"),
+        (["sweep", "--data", data, "-K", 0], "every K must be a positive integer"),
+    ]
+    for argv, problem in cases:
+        result = subprocess.run([CLI, *map(str, argv), "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                                env=no_gpu)
+        assert result.returncode == 2, (argv, result.stderr)
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"gmvae-nb {argv[0]}: error: "), result.stderr
+        assert problem in result.stderr, (problem, result.stderr)
+    assert not (tmp_path / "out").exists()

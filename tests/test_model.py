@@ -279,4 +279,4 @@ def test_cli_fit_writes_model_and_annotated_h5ad(tmp_path):
     assert training["restart_neg_elbo"][training["restart_chosen"]] == min(training["restart_neg_elbo"])
     bad = subprocess.run(command[:2] + [str(data), "--batch-key", "donor_id", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True)
-    assert bad.returncode == 1 and "donor_id" in bad.stderr
+    assert bad.returncode == 2 and "donor_id" in bad.stderr and "Pass --batch-key <column>" in bad.stderr

@@ -76,8 +76,8 @@ def test_resume_of_another_run_names_the_difference(data, tmp_path):
     args = fit_args(data, tmp_path / "out", tmp_path / "checkpoints", "--resume")
     args[args.index("-K") + 1] = "5"
     result = subprocess.run(args, capture_output=True, text=True, env=_one_thread())
-    assert result.returncode == 1
-    assert "its model.n_clusters is 4, this run's is 5" in result.stderr
+    assert result.returncode == 2
+    assert "its model.n_clusters is 4, this run's is 5" in result.stderr and "pass another --checkpoint-dir" in result.stderr
 
 
 # --- atomic writes -------------------------------------------------------------------------------------------

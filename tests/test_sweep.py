@@ -35,6 +35,7 @@ def test_two_by_two_sweep_through_papermill(tiny_data, tmp_path):
     result = subprocess.run(sweep_cli(tiny_data, out, "--K", 1, 3, "--repeats", 2, "--workers", 2),
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "[IPKernelApp]" not in result.stderr  # the kernels' logs are in the run folders (run.log), not on the terminal
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert runs == ["K001_seed0", "K001_seed1", "K003_seed0", "K003_seed1"]
     for run in runs:
@@ -83,6 +84,8 @@ def test_failed_run_is_reported_and_others_finish(tiny_data, tmp_path):
     result = subprocess.run(sweep_cli(tiny_data, out, "--K", 2, "--repeats", 1, "--lr", -1), capture_output=True, text=True)
     assert result.returncode == 1
     assert "K002_seed0" in result.stdout and "failed" in result.stdout
+    assert "K002_seed0: failed in " in result.stdout and "its error is in runs/K002_seed0/error.txt" in result.stdout
+    assert "[IPKernelApp]" not in result.stderr
     assert (out / "runs" / "K002_seed0" / "error.txt").exists()
 
 

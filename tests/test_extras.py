@@ -1,0 +1,65 @@
+"""What `pip install gmvae-nb` without extras can do: load, train, embed and save with every package that only an
+extra brings missing; the modules that need an extra say which one to install."""
+import json
+import re
+import subprocess
+import sys
+from importlib.metadata import packages_distributions, requires
+
+from packaging.requirements import Requirement
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def modules_of_extras_only() -> set[str]:
+    "Top-level modules that only distributions declared by gmvae-nb's extras (and not by its core) provide."
+    declared = [Requirement(r) for r in requires("gmvae-nb")]
+    core = {_normal(r.name) for r in declared if r.marker is None}
+    optional = {_normal(r.name) for r in declared if r.marker is not None} - core - {"gmvae-nb"}
+    return {module for module, dists in packages_distributions().items() if {_normal(d) for d in dists} <= optional}
+
+
+SCRIPT = """
+import importlib, json, sys
+BLOCKED = json.loads(sys.argv[1])
+sys.modules.update(dict.fromkeys(BLOCKED))  # None: importing one raises ModuleNotFoundError, find_spec finds none
+
+import anndata as ad
+from gmvae_nb import GMVAE
+from gmvae_nb.data import load_counts, select_genes, split, write_h5ad
+from gmvae_nb.simulate import simulate
+
+out = sys.argv[2]
+adata = split(load_counts(simulate("default", n_cells=200, n_genes=30, n_types=3, n_batches=2, seed=0)))
+model = GMVAE(adata, n_clusters=3).fit(max_epochs=1, progress=False)
+model.get_latent()
+model.predict()
+model.save(f"{out}/model")
+write_h5ad(adata, f"{out}/adata.h5ad")
+GMVAE.load(f"{out}/model", ad.read_h5ad(f"{out}/adata.h5ad"), device="cpu")
+
+errors = {}
+for module in ("gmvae_nb.metrics", "gmvae_nb.sweep", "gmvae_nb.report"):
+    try: importlib.import_module(module)
+    except ModuleNotFoundError as e: errors[module] = str(e)
+try: select_genes(adata, n_top=10)
+except ModuleNotFoundError as e: errors["select_genes"] = str(e)
+print(json.dumps({"errors": errors, "loaded": sorted(m for m, module in sys.modules.items()
+                                                    if module is not None and m.partition(".")[0] in BLOCKED)}))
+"""
+
+
+def test_core_trains_and_embeds_without_the_extras(tmp_path):
+    blocked = modules_of_extras_only()
+    assert {"papermill", "nbconvert", "matplotlib", "scanpy", "sklearn", "scib_metrics", "dask"} <= blocked
+    result = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(sorted(blocked)), str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["loaded"] == []
+    assert (tmp_path / "adata.h5ad").is_file() and (tmp_path / "model" / "model.pt").is_file()
+    for where, extra in [("gmvae_nb.metrics", "metrics"), ("gmvae_nb.sweep", "sweep"), ("gmvae_nb.report", "report"),
+                         ("select_genes", "hvg")]:
+        assert f'pip install "gmvae-nb[{extra}]"' in report["errors"][where], report["errors"]
