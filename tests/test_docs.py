@@ -91,7 +91,7 @@ def test_docs_have_a_page_per_notebook_in_reading_order(repo, site):
     assert "make report" in text and "make test" in text and "make docs" in text
     positions = [index.index(f'href="nbs/{stem}.html"') for stem in numbered]
     assert positions == sorted(positions)
-    for page in ("api.html", "references.html", "report.html"):
+    for page in ("api.html", "references.html", "example_report.html"):
         assert f'href="{page}"' in index, page
 
 
