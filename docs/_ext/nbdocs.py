@@ -8,22 +8,23 @@
   nbdev's `exec_show_docs` (which would execute every cell that holds an import), the `show_doc` cells are rendered
   from the exported package: `show_doc` of the object the notebook exports, as the markdown nbdev would show.
   The committed outputs of the other cells are shown as they are.
-- Every public function is also documented by autodoc on the API pages; `docments` below adds the parameter comments
+- Every public name is also documented by autodoc on the API pages (`autoconstants` adds the constants that
+  automodule leaves out); `add_docments` below adds the parameter comments
   of nbdev's docments style (`arg: int,  # what it is`) to those pages as `:param:` fields.
 """
-import importlib
 import ast
+import importlib
 import inspect
 import io
 import re
-import tokenize
 import shutil
+import tokenize
 import warnings
 from pathlib import Path
 
 from fastcore.docments import docments
 from fastcore.nbio import read_nb, write_nb
-from nbdev.process import NBProcessor, Processor, mk_cell
+from nbdev.process import NBProcessor, Processor
 from nbdev.processors import (_default_exp, add_show_docs, ai_magics, clean_magics, filter_stream_, hide_, hide_line,
                               populate_language, rm_export, rm_header_dash, strip_ansi, strip_hidden_metadata)
 from nbdev.showdoc import show_doc
