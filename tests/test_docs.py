@@ -103,6 +103,8 @@ def test_docs_show_the_exported_definitions_on_the_notebook_pages(site):
     # in the order of the source: kl_standard_normal is defined before kl_normal in the same cell
     assert page.index(">kl_standard_normal<a") < page.index(">kl_normal<a")
     assert "#| export" not in page and "show_doc(" not in page
+    # a `name` the package exports, in the prose, links to its API entry (as nbdev's add_links does)
+    assert 'href="../api/train.html#gmvae_nb.train.fit_module"' in (site / "nbs" / "06_model.html").read_text()
 
 
 def test_docs_render_the_math_of_the_elbo_page(site):

@@ -83,6 +83,57 @@ class render_show_docs(Processor):
         for key in ("outputs", "execution_count"): cell.pop(key, None)
 
 
+def _public_names() -> dict[str, list[str]]:
+    "Each public name of the package (`__all__` of each module, and `Class.method` for their methods) -> its full names."
+    import pkgutil
+    names = {}
+    package = importlib.import_module(PACKAGE)
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("_"): continue
+        module = importlib.import_module(f"{PACKAGE}.{info.name}")
+        names.setdefault(f"{PACKAGE}.{info.name}", []).append(f"{PACKAGE}.{info.name}")
+        for name in getattr(module, "__all__", []):
+            names.setdefault(name, []).append(f"{module.__name__}.{name}")
+            obj = getattr(module, name)
+            if inspect.isclass(obj) and obj.__module__ == module.__name__:
+                for attr in vars(obj):
+                    if not attr.startswith("_"): names.setdefault(f"{name}.{attr}", []).append(f"{module.__name__}.{name}.{attr}")
+    return names
+
+
+_code_span = re.compile(r"(?<!`)`([A-Za-z_][\w.]*)(?:\(\))?`(?!`)")
+_fence = re.compile(r"^(```|~~~|\$\$)", re.M)
+
+
+class link_names(Processor):
+    "nbdev's `add_links` for this site: a `name` in the prose that the package exports links to its API entry."
+    names = None
+
+    def begin(self):
+        if link_names.names is None: link_names.names = _public_names()
+        self.own = f"{PACKAGE}.{self.nb.default_exp_}." if self.nb.default_exp_ else None
+
+    def _target(self, name):
+        full = self.names.get(name, [])
+        own = [f for f in full if self.own and f.startswith(self.own)]
+        return own[0] if own else full[0] if len(full) == 1 else None
+
+    def _link(self, match):
+        target = self._target(match.group(1))
+        return f"{{py:obj}}`{match.group(0)[1:-1]} <{target}>`" if target else match.group(0)
+
+    def cell(self, cell):
+        if cell.cell_type != "markdown": return
+        blocks, inside = [], False  # the text between fences and $$ lines is prose; inside them nothing changes
+        for block in re.split(r"(^(?:```|~~~|\$\$).*$)", cell.source, flags=re.M):
+            if _fence.match(block):
+                inside = not inside if not (block.startswith("$$") and block.rstrip().endswith("$$") and len(block.strip()) > 2) else inside
+                blocks.append(block)
+            else:
+                blocks.append(block if inside else _code_span.sub(self._link, block))
+        cell.source = "".join(blocks)
+
+
 class python_kernelspec(Processor):
     "Name the notebook's language for myst-nb's syntax highlighting (the committed notebooks carry no kernelspec)."
     def begin(self):
@@ -91,9 +142,10 @@ class python_kernelspec(Processor):
 
 
 # nbdev's FilterDefaults.base_procs, less what only Quarto uses (frontmatter, fenced divs, code folding, links into
-# the Quarto site) and with render_show_docs in place of exec_show_docs; show_docs_in_source_order added
-PROCS = [populate_language, add_show_docs, show_docs_in_source_order, strip_ansi, hide_line, filter_stream_, rm_header_dash, render_show_docs,
-         rm_export, ai_magics, clean_magics, hide_, strip_hidden_metadata, python_kernelspec]
+# the Quarto site) and with render_show_docs in place of exec_show_docs, link_names in place of add_links;
+# show_docs_in_source_order added
+PROCS = [populate_language, add_show_docs, show_docs_in_source_order, strip_ansi, hide_line, filter_stream_, rm_header_dash,
+         render_show_docs, link_names, rm_export, ai_magics, clean_magics, hide_, strip_hidden_metadata, python_kernelspec]
 
 
 _CELL_FIELDS = {"code": {"cell_type", "id", "metadata", "source", "outputs", "execution_count"},
