@@ -1,14 +1,15 @@
 # The two commands a newcomer runs (see README):
 #   make report   set up .venv, then run the main job on the embedded default data set
 #   make test     set up .venv, then run the notebooks' inline tests and the pytest suites
-# Both are idempotent and non-interactive.
+# Both are idempotent and non-interactive, and so is
+#   make docs     set up .venv, then build the docs site from the notebooks into docs/_build/html (Sphinx, no Quarto)
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install report test export clean-nbs check
+.PHONY: install report test docs export clean-nbs check
 
 # every extra (dev pulls them all), with the builds this repository is tested with (constraints.txt: the exact torch)
 $(STAMP): pyproject.toml constraints.txt
@@ -24,6 +25,11 @@ report: install
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 2
 	$(BIN)/python -m pytest
+
+# nbs/*.ipynb through nbdev's processors (not executed) and the API pages into docs/_build/html/index.html; warnings are errors
+docs: install
+	OMP_NUM_THREADS=1 $(BIN)/sphinx-build -E -W --keep-going -q -b html -d docs/_build/doctrees docs docs/_build/html
+	@echo "docs site: docs/_build/html/index.html"
 
 export: install
 	$(BIN)/nbdev-export

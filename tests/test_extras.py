@@ -24,7 +24,16 @@ def modules_of_extras_only() -> set[str]:
 SCRIPT = """
 import importlib, json, sys
 BLOCKED = json.loads(sys.argv[1])
-sys.modules.update(dict.fromkeys(BLOCKED))  # None: importing one raises ModuleNotFoundError, find_spec finds none
+# scipy asks `"sphinx" in sys.modules` (to know whether Sphinx is running) and then imports it: those are blocked
+# by a finder instead, which leaves them out of sys.modules as an absent package would
+PROBED = {"sphinx"} & set(BLOCKED)
+
+class Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in PROBED: raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Absent())
+sys.modules.update(dict.fromkeys(set(BLOCKED) - PROBED))  # None: importing one raises ModuleNotFoundError, find_spec finds none
 
 import anndata as ad
 from gmvae_nb import GMVAE
