@@ -222,20 +222,19 @@ def _nonempty_cells(counts: sp.csr_matrix, obs_names: pd.Index, where: str, empt
     return ~empty
 
 # %% ../nbs/00_data.ipynb #d131fd4b
-def _read_only_alias(counts: sp.csr_matrix) -> sp.csr_matrix:
-    "A second CSR matrix over the buffers of `counts`, flagged read-only."
-    buffers = tuple(array.view() for array in (counts.data, counts.indices, counts.indptr))
-    for buffer in buffers:
-        buffer.flags.writeable = False
-    return sp.csr_matrix(buffers, shape=counts.shape, copy=False)
+def _values_copy(counts: sp.csr_matrix) -> sp.csr_matrix:
+    "A CSR matrix with a writable copy of the values of `counts` over its index arrays, shared and flagged read-only."
+    indices, indptr = counts.indices.view(), counts.indptr.view()
+    indices.flags.writeable = indptr.flags.writeable = False
+    return sp.csr_matrix((counts.data.copy(), indices, indptr), shape=counts.shape, copy=False)
 
 
 def _counts_anndata(counts: sp.spmatrix, obs: pd.DataFrame, var: pd.DataFrame, uns: Mapping) -> ad.AnnData:
-    "AnnData with `counts` as CSR float32 in `layers['counts']` and a read-only alias of it as `X`."
+    "AnnData with `counts` as CSR float32 in `layers['counts']` and as `X`: its own writable values over the counts' read-only structure."
     counts = sp.csr_matrix(counts, dtype=np.float32)
-    # rebuild with scipy's own index dtype, so that the alias built the same way shares all three buffers
+    # rebuild with scipy's own index dtype, so that X built the same way shares the index buffers
     counts = sp.csr_matrix((counts.data, counts.indices, counts.indptr), shape=counts.shape)
-    return ad.AnnData(X=_read_only_alias(counts), obs=obs, var=var, uns=dict(uns), layers={"counts": counts})
+    return ad.AnnData(X=_values_copy(counts), obs=obs, var=var, uns=dict(uns), layers={"counts": counts})
 
 # %% ../nbs/00_data.ipynb #81eaa8d7
 def _pick_matrix(X, layers: Mapping, layer: str | None, origin: str):
@@ -295,7 +294,7 @@ def load_counts(
     label_key: str | None = "cell_type",  # obs column of cell-type labels; None for unlabelled data
     feature_type: str | None = "GEX",  # keep the features with this `var['feature_types']`; None keeps all
     empty_cells: str = "drop",  # cells without counts: "drop" (with a warning) or "error"
-) -> ad.AnnData:  # counts (CSR float32) in `layers['counts']` and as read-only `X`; categorical batch and label
+) -> ad.AnnData:  # counts (CSR float32) in `layers['counts']` and as `X` (writable values); categorical batch and label
     "Load raw counts from an h5ad file (reading only `obs`, `var` and that matrix) or an AnnData, as validated CSR float32."
     if empty_cells not in ("drop", "error"):
         raise ValueError(f"empty_cells must be 'drop' or 'error', not {empty_cells!r}.")

@@ -250,31 +250,70 @@ def _sampled_terms(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_
                           batch_size)
 
 # %% ../nbs/06_model.ipynb #961f4322
+def _uns_key(key_added: str, default: str) -> str:
+    "The `uns` entry of an annotation: 'gmvae' under the default key, else `key_added` itself (as `sc.tl.umap` does)."
+    return "gmvae" if key_added == default else key_added
+
+def _writable(value):
+    "`value` as h5ad stores it: tuples as lists, numpy scalars as Python numbers; dicts recursively, their None values left out."
+    if isinstance(value, dict): return {k: _writable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)): return [_writable(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
 @patch
-def get_latent(self: GMVAE, adata: ad.AnnData | None = None, batch_size: int = 1024) -> np.ndarray:
-    "Posterior mean of x (cells × n_x) for `adata` (default: the training data), also written to `obsm['X_gmvae']`; that of w goes to `obsm['X_gmvae_w']`."
+def _annotate(self: GMVAE, adata: ad.AnnData, copy: bool, uns_key: str, keys: dict[str, str],
+              obsm: dict[str, np.ndarray] | None = None, obs: dict[str, pd.Categorical] | None = None, **call) -> ad.AnnData:
+    "Write `obsm` and `obs` into `adata` (into a copy of it with `copy=True`) and record the model's parameters in `uns[uns_key]`; returns the annotated object."
+    from gmvae_nb import __version__
+    target = adata.copy() if copy else adata
+    for key, value in (obsm or {}).items(): target.obsm[key] = value
+    for key, value in (obs or {}).items(): target.obs[key] = value
+    params = dict(settings=self.settings, seed=self.seed, layer=self.layer, batch_key=self.batch_key,
+                  n_epochs=len(self.history), **self.module_kwargs, **call)
+    entry = dict(target.uns.get(uns_key, {}))
+    target.uns[uns_key] = _writable({**entry, "params": {**entry.get("params", {}), **params}, "version": __version__,
+                                     "keys": {**entry.get("keys", {}), **keys}})
+    return target
+
+@patch
+def get_latent(self: GMVAE, adata: ad.AnnData | None = None, batch_size: int = 1024, key_added: str = "X_gmvae",
+               copy: bool = False) -> np.ndarray | ad.AnnData:
+    "Posterior mean of x (cells × n_x) for `adata` (default: the training data), also written to `obsm[key_added]`; that of w goes to `obsm[key_added + '_w']`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
     def means(mb: Minibatch):
         posterior = self.module.encode(mb.counts, mb.batch)
         return dict(x=posterior["x_mean"], w=posterior["w_mean"])
     adata, out = self._per_cell(adata, means, batch_size)
-    adata.obsm["X_gmvae"], adata.obsm["X_gmvae_w"] = out["x"], out["w"]
-    return out["x"]
+    keys = dict(latent=key_added, latent_w=f"{key_added}_w")
+    target = self._annotate(adata, copy, _uns_key(key_added, "X_gmvae"), keys,
+                            obsm={keys["latent"]: out["x"], keys["latent_w"]: out["w"]})
+    return target if copy else out["x"]
 
 @patch
-def predict_proba(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10, batch_size: int = 1024) -> np.ndarray:
-    "Cluster responsibilities E_q r_k (cells × K) from `n_samples` seeded draws (0: r_k at the posterior means), also written to `obsm['gmvae_proba']`."
+def predict_proba(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10, batch_size: int = 1024,
+                  key_added: str = "gmvae_proba", copy: bool = False) -> np.ndarray | ad.AnnData:
+    "Cluster responsibilities E_q r_k (cells × K) from `n_samples` seeded draws (0: r_k at the posterior means), also written to `obsm[key_added]`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
     if n_samples < 0: raise ValueError(f"n_samples must be 0 or more, got {n_samples}")
     adata, out = self._sampled_terms(adata, n_samples, batch_size)
-    adata.obsm["gmvae_proba"] = out["proba"]
-    return out["proba"]
+    target = self._annotate(adata, copy, _uns_key(key_added, "gmvae_proba"), dict(proba=key_added),
+                            obsm={key_added: out["proba"]}, n_samples=n_samples)
+    return target if copy else out["proba"]
+
+def _proba_key(key_added: str) -> str:
+    "Where `predict(key_added=…)` puts the responsibilities: 'gmvae_cluster' -> 'gmvae_proba', 'leiden_like' -> 'leiden_like_proba'."
+    return key_added.removesuffix("_cluster") + "_proba"
 
 @patch
-def predict(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10, batch_size: int = 1024) -> np.ndarray:
-    "Most responsible cluster of every cell (argmax of `predict_proba`), also written to `obs['gmvae_cluster']` as a categorical."
-    adata = self.adata if adata is None else adata
-    clusters = self.predict_proba(adata, n_samples, batch_size).argmax(1)
-    adata.obs["gmvae_cluster"] = pd.Categorical(clusters.astype(str), categories=[str(k) for k in range(self.n_clusters)])
-    return clusters
+def predict(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10, batch_size: int = 1024,
+            key_added: str = "gmvae_cluster", copy: bool = False) -> np.ndarray | ad.AnnData:
+    "Most responsible cluster of every cell (argmax of `predict_proba`), also written to `obs[key_added]` as a categorical, the responsibilities to `obsm[_proba_key(key_added)]`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
+    if n_samples < 0: raise ValueError(f"n_samples must be 0 or more, got {n_samples}")
+    adata, out = self._sampled_terms(adata, n_samples, batch_size)
+    clusters = out["proba"].argmax(1)
+    keys = dict(proba=_proba_key(key_added), cluster=key_added)
+    target = self._annotate(adata, copy, _uns_key(key_added, "gmvae_cluster"), keys, obsm={keys["proba"]: out["proba"]},
+                            obs={key_added: pd.Categorical(clusters.astype(str), categories=[str(k) for k in range(self.n_clusters)])},
+                            n_samples=n_samples)
+    return target if copy else clusters
 
 @patch
 def elbo_terms(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10, batch_size: int = 1024) -> pd.DataFrame:

@@ -63,13 +63,14 @@ def write(adata: ad.AnnData, path):
 
 
 def check_counts(adata: ad.AnnData, expected):
-    "Counts are CSR float32 with the expected values, X is a read-only alias of them."
+    "Counts are CSR float32 with the expected values; X shows them with its own writable values over their read-only structure."
     counts = adata.layers["counts"]
     assert isinstance(counts, sp.csr_matrix) and counts.dtype == np.float32 and counts.has_canonical_format
     np.testing.assert_array_equal(counts.toarray(), np.asarray(expected))
-    for buffer in ("data", "indices", "indptr"):
-        assert np.shares_memory(getattr(adata.X, buffer), getattr(counts, buffer))
-    assert not adata.X.data.flags.writeable and counts.data.flags.writeable
+    np.testing.assert_array_equal(adata.X.toarray(), np.asarray(expected))
+    assert not np.shares_memory(adata.X.data, counts.data) and adata.X.data.flags.writeable and counts.data.flags.writeable
+    for buffer in ("indices", "indptr"):
+        assert np.shares_memory(getattr(adata.X, buffer), getattr(counts, buffer)) and not getattr(adata.X, buffer).flags.writeable
 
 
 # real starter files
@@ -107,6 +108,17 @@ def test_loaded_file_round_trips(shared_data, tmp_path):
     again = load_counts(write(adata, tmp_path / "again.h5ad"))
     assert (again.layers["counts"] != adata.layers["counts"]).nnz == 0
     assert again.obs["cell_type"].equals(adata.obs["cell_type"])
+
+
+def test_scanpy_preprocesses_x_in_place_and_the_counts_stay(shared_data):
+    "sc.pp.log1p straight on the loaded object (not read-only any more), then normalize_total, change X and leave the counts."
+    sc = pytest.importorskip("scanpy")
+    adata = load_counts(shared_data / "openproblems_bmmc_cite_starter.output_rna.h5ad")
+    counts = adata.layers["counts"].copy()
+    sc.pp.log1p(adata)
+    np.testing.assert_allclose(adata.X.toarray(), np.log1p(counts.toarray()), rtol=1e-6)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    assert (adata.layers["counts"] != counts).nnz == 0 and adata.layers["counts"].max() > 20
 
 
 # GEO-style, plain and in-memory sources
