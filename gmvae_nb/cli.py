@@ -97,6 +97,8 @@ def fit_command(args: argparse.Namespace) -> Path:
     model.fit(**settings, progress=not args.quiet, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
     if process_rank() != 0: return out  # the other processes trained along; rank 0 writes the outputs
     import anndata as ad
+    trained_on = f"{adata.n_obs:,} cells x {adata.n_vars:,} genes"
+    model.adata = adata = None  # the checked training counts are no longer needed: free them before reading the file
     # attach the model to the user's whole file (its counts checked above), which it annotates and which is written
     model.adata, model.layer = ad.read_h5ad(args.data), None if args.layer == "X" else args.layer
     model.get_latent()
@@ -104,7 +106,7 @@ def fit_command(args: argparse.Namespace) -> Path:
     model.save(out / "model", overwrite=True)
     write_h5ad(model.adata, out / "adata.h5ad")
     last = model.history.iloc[-1]
-    print(f"fitted K={model.module_kwargs['n_clusters']} to {adata.n_obs:,} cells x {adata.n_vars:,} genes in "
+    print(f"fitted K={model.module_kwargs['n_clusters']} to {trained_on} in "
           f"{len(model.history)} epochs (-ELBO per cell {last['train_neg_elbo']:.1f}); wrote {out / 'model'} and {out / 'adata.h5ad'}")
     return out
 
