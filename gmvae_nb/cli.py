@@ -154,9 +154,9 @@ def _run_sweep(args: argparse.Namespace, data: str, out: Path) -> bool:
     failed = table.index[table.status == "failed"].tolist()
     print(table.to_string())
     if (table.status == "done").any():
-        from gmvae_nb.sweep import collect, recommend_k
-        print(f"recommended K (the smallest K whose held-out -ELBO is within one standard error of the lowest): "
-              f"{recommend_k(collect(out))}")
+        from gmvae_nb.sweep import cluster_stability, collect, recommend_k
+        print(f"recommended K (of the K whose held-out -ELBO is within one standard error of the lowest, the one whose "
+              f"clusters agree most across seeds): {recommend_k(collect(out), stability=cluster_stability(out))}")
     print(f"sweep {out}: {len(table)} runs, skipped {int(table.skipped.sum())} finished before, "
           f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
     return not failed

@@ -212,9 +212,15 @@ def cluster_stability(out: str | Path) -> pd.Series:
                      name="stability", dtype=float).rename_axis("n_clusters")
 
 
-def recommend_k(table: pd.DataFrame, score: str = "neg_elbo_per_cell") -> int:
-    "The smallest K whose mean `score` (lower is better: the held-out −ELBO per cell) is within one standard error of the lowest mean."
+def recommend_k(
+    table: pd.DataFrame,  # one row per run: n_clusters and `score` (as `collect` returns)
+    score: str = "neg_elbo_per_cell",  # lower is better: the held-out −ELBO per cell
+    stability: pd.Series | None = None,  # per K, e.g. `cluster_stability(out)`; None or NaN: not known
+) -> int:
+    "Among the K whose mean `score` is within one standard error of the lowest mean, the most stable (smallest on a tie); the smallest of them where stability is not known."
     grouped = table.groupby("n_clusters")[score]
     means, errors = grouped.mean(), (grouped.std(ddof=1) / np.sqrt(grouped.size())).fillna(0.0)
     best = means.idxmin()
-    return int(means.index[means <= means[best] + errors[best]].min())
+    tied = means.index[means <= means[best] + errors[best]]
+    known = pd.Series(dtype=float) if stability is None else stability.reindex(tied).dropna()
+    return int(known.idxmax() if len(known) else tied.min())
