@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +29,7 @@ from .train import (CSRLoader, DiskRows, Minibatch, TrainConfig, fit_module, on_
                             process_rank, seed_streams, select_device)
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'SETTINGS', 'GMVAE', 'restart_seed', 'final_neg_elbo']
+__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'GMVAE', 'continued_history', 'restart_seed', 'final_neg_elbo']
 
 # %% ../nbs/06_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -158,6 +159,17 @@ def _loader(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024) -> tu
     if adata is not self.adata: _check_counts(adata, self.layer)  # the training data were checked by the constructor
     return adata, CSRLoader(self._aligned_counts(adata), self._batch_codes(adata), batch_size=batch_size)
 
+# %% ../nbs/06_model.ipynb #ede36c67
+MIXTURE_INITS = (None, "gmm")  # fit(init_mixture=…): None keeps the networks' own initialisation
+
+def continued_history(first: pd.DataFrame, then: pd.DataFrame) -> pd.DataFrame:
+    "One history of a training `first` that `then` continued: epochs counted on, `then`'s attributes with its epochs shifted."
+    joined = pd.concat([first, then.assign(epoch=then["epoch"] + len(first))], ignore_index=True)
+    joined.attrs = then.attrs | {key: then.attrs[key] + len(first) for key in ("best_epoch", "kept_epoch")
+                                 if isinstance(then.attrs.get(key), (int, np.integer))}
+    return joined
+
+
 # %% ../nbs/06_model.ipynb #2f9c14df
 @patch
 def _split_indices(self: GMVAE, split_key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -190,6 +202,8 @@ def fit(self: GMVAE,
         checkpoint_dir: str | Path | None = None,  # write a checkpoint of the run to this folder (see train)
         checkpoint_every: int = 1,        # epochs between checkpoints (one is also written after the last epoch)
         resume: bool = False,             # continue the run checkpointed in `checkpoint_dir` up to `max_epochs`
+        init_mixture: str | None = None,  # "gmm": after `init_epochs` epochs, restart the mixture from a Gaussian mixture on x
+        init_epochs: int = 60,            # epochs trained before `init_mixture` fits its Gaussian mixture
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
     config = TrainConfig(**(SETTINGS[self.settings]["training"] | kwargs))
@@ -201,6 +215,12 @@ def fit(self: GMVAE,
     if n_init > 1 and checkpoint_dir is not None:
         raise ValueError(f"n_init={n_init} cannot be combined with checkpoint_dir, which holds one run: to checkpoint "
                          "the restarts, train them one by one with seed=gmvae_nb.model.restart_seed(seed, i)")
+    if init_mixture not in MIXTURE_INITS: raise ValueError(f"init_mixture must be one of {MIXTURE_INITS}, got {init_mixture!r}")
+    if init_mixture and (len(self.history) or checkpoint_dir is not None):
+        raise ValueError(f"init_mixture={init_mixture!r} starts a model's first fit and cannot be checkpointed; this model has "
+                         f"trained {len(self.history)} epochs and checkpoint_dir is {checkpoint_dir!r}")
+    if init_mixture and (int(init_epochs) != init_epochs or init_epochs < 1):
+        raise ValueError(f"init_epochs must be a whole number of at least 1, got {init_epochs!r}")
     train, validation = self._split_indices(split_key)
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
@@ -209,10 +229,17 @@ def fit(self: GMVAE,
     for restart in range(n_init):
         seed = restart_seed(self.seed, restart)
         if restart: self.module = self._new_module(seed)
+        label, before = f"restart {restart + 1}/{n_init}, " if n_init > 1 else "", None
+        if init_mixture:
+            before = fit_module(self.module, counts, codes, train, validation,
+                                replace(config, max_epochs=int(init_epochs), early_stopping=False), device=device,
+                                seed=seed, progress=progress, label=label + "before the mixture's initialisation, ")
+            self.module.set_mixture(*self._mixture_from_embedding(train, seed))
         history = fit_module(self.module, counts, codes, train, validation, config, device=device,
-                             seed=seed + len(self.history), progress=progress, checkpoint_dir=checkpoint_dir,
-                             label=f"restart {restart + 1}/{n_init}, " if n_init > 1 else "",
-                             checkpoint_every=checkpoint_every, resume=resume, identity=identity)
+                             seed=seed + len(self.history) + (len(before) if init_mixture else 0), progress=progress,
+                             checkpoint_dir=checkpoint_dir, label=label, checkpoint_every=checkpoint_every, resume=resume,
+                             identity=identity)
+        if init_mixture: history = continued_history(before, history)
         if n_init > 1: scores.append(final_neg_elbo(history))  # a single run needs no score
         if best is None or scores[-1] < scores[best[0]]: best = (restart, history, self.module)
     chosen, history, self.module = best
@@ -220,6 +247,7 @@ def fit(self: GMVAE,
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
     self.train_config = history.attrs["config"] | dict(n_init=n_init)  # with max_epochs resolved for the training cells
     if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_chosen=chosen)
+    if init_mixture: self.train_config |= dict(init_mixture=init_mixture, init_epochs=int(init_epochs))
     return self
 
 # %% ../nbs/06_model.ipynb #e760003a
@@ -333,6 +361,19 @@ def get_normalized_expression(self: GMVAE, adata: ad.AnnData | None = None, batc
     adata, out = self._per_cell(adata, lambda mb: dict(expression=self.module.normalized_expression(mb.counts, mb.batch, code)),
                                 batch_size)
     return pd.DataFrame(out["expression"], index=adata.obs_names, columns=self.genes)
+
+# %% ../nbs/06_model.ipynb #6c39ff88
+@patch
+def _mixture_from_embedding(self: GMVAE, cells: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "Means and variances (K, n_x) of a diagonal Gaussian mixture fitted to the posterior means of x of `cells` (rows of `self.adata`)."
+    from sklearn.mixture import GaussianMixture
+    if len(cells) < self.n_clusters:
+        raise ValueError(f"init_mixture fits {self.n_clusters} components to the {len(cells)} training cells: "
+                         "it needs at least as many cells as components")
+    _, out = self._per_cell(self.adata[cells], lambda mb: dict(x=self.module.encode(mb.counts, mb.batch)["x_mean"]))
+    mixture = GaussianMixture(self.n_clusters, covariance_type="diag", n_init=3, random_state=seed).fit(out["x"])
+    return torch.as_tensor(mixture.means_), torch.as_tensor(mixture.covariances_)
+
 
 # %% ../nbs/06_model.ipynb #502e23cd
 def _normalisation(module: GMVAEModule) -> dict:

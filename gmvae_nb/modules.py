@@ -244,3 +244,23 @@ def assert_cellwise(module: GMVAEModule, counts: Tensor, batch: Tensor, n_sample
         if not torch.allclose(permuted[name], value[order], rtol=rtol, atol=atol):
             worst = (permuted[name] - value[order]).abs().max().item()
             raise AssertionError(f"output {name!r} is not cell-wise: permuting the cells changed it by up to {worst:.3g}")
+
+# %% ../nbs/04_modules.ipynb #e68588cb
+@patch
+@torch.no_grad()
+def set_mixture(
+    self: GMVAEModule,
+    means: Tensor,  # (K, n_x) component means m_k
+    variances: Tensor,  # (K, n_x) positive component variances s_k²
+) -> GMVAEModule:
+    "Make every cell's prior components N(m_k, diag s_k²) whatever its w: β's last layer's weights zeroed, its bias set."
+    shape = (self.n_clusters, self.n_x)
+    if tuple(means.shape) != shape or tuple(variances.shape) != shape:
+        raise ValueError(f"means and variances must both have shape {shape} (K, n_x), "
+                         f"got {tuple(means.shape)} and {tuple(variances.shape)}")
+    if not bool((variances > 0).all()): raise ValueError("variances must be positive")
+    last = self.beta[-1]
+    last.weight.zero_()
+    last.bias.copy_(torch.stack([means, variances.log()], dim=1).flatten().to(last.bias))  # (K, 2, n_x), as `prior` reads it
+    return self
+

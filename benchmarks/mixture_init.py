@@ -1,0 +1,62 @@
+"""fit(init_mixture="gmm") against the defaults: the model's own clusters against the labels, K = the number of groups.
+
+Runs every (data set, seed, variant) in its own process, `--workers` at a time with `--threads` each, and prints one
+JSON line per run and a table of medians. Recovery uses data seed = model seed (ten of them, as in
+`benchmarks/quality.py`); the other sets use data seed 0 and model seeds `--seeds`.
+
+    .venv/bin/python benchmarks/mixture_init.py --workers 1 --threads 2 --seeds 0 1 2 3 4
+"""
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+VARIANTS = {"default": {}, "gmm": dict(init_mixture="gmm")}
+
+
+def one(name: str, data_seed: int, seed: int, variant: str, threads: int, device: str) -> dict:
+    "Fit one model; its own clusters' ARI and NMI against the labels, clusters used, and k-means on x for comparison."
+    import numpy as np
+    import torch
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    from gmvae_nb.model import GMVAE
+    from quality import load
+    torch.set_num_threads(threads)
+    adata = load(name, data_seed)
+    labels, K = adata.obs["cell_type"].to_numpy(), adata.obs["cell_type"].nunique()
+    started = time.perf_counter()
+    model = GMVAE(adata, n_clusters=K, seed=seed).fit(progress=False, device=device, **VARIANTS[variant])
+    seconds = time.perf_counter() - started
+    clusters, x = model.predict(), model.get_latent()
+    return dict(data=name, data_seed=data_seed, seed=seed, variant=variant, K=K, seconds=round(seconds, 1),
+                epochs=len(model.history), used=int(len(np.unique(clusters))),
+                own_ari=adjusted_rand_score(labels, clusters), own_nmi=normalized_mutual_info_score(labels, clusters),
+                kmeans_ari=adjusted_rand_score(labels, KMeans(K, n_init=10, random_state=0).fit_predict(x)))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["recovery", "cellbench", "cite", "multiome", "default"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    jobs = [(name, s if name == "recovery" else 0, s, variant, args.threads, args.device)
+            for variant in args.variants for name in args.datasets
+            for s in (range(10) if name == "recovery" else args.seeds)]
+    rows = []
+    with ProcessPoolExecutor(args.workers) as pool:
+        for future in as_completed([pool.submit(one, *job) for job in jobs]):
+            rows.append(future.result())
+            print(json.dumps(rows[-1]), flush=True)
+    import pandas as pd
+    table = pd.DataFrame(rows)
+    medians = table.groupby(["data", "variant"])[["own_ari", "own_nmi", "used", "kmeans_ari", "seconds"]].median()
+    medians["runs with own ARI >= 0.9"] = table.groupby(["data", "variant"])["own_ari"].apply(lambda a: int((a >= 0.9).sum()))
+    print(medians.round(3).to_string())
