@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -78,12 +79,29 @@ def train(mode: str, path: Path, steps: int, threads: int) -> dict:
                 peak_rss_gib=peak_rss_gib())
 
 
-def run_mode(mode: str, path: Path, steps: int, threads: int) -> dict:
-    "`train` in a fresh Python process with `threads` threads."
+def in_fresh_process(script: str, arguments: list[str], threads: int) -> dict:
+    "The JSON object that `script arguments --threads threads` prints last, run in a fresh Python process with `threads` threads."
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    command = [sys.executable, __file__, "--mode", mode, "--data", str(path), "--steps", str(steps), "--threads", str(threads)]
+    command = [sys.executable, script, *arguments, "--threads", str(threads)]
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def run_mode(mode: str, path: Path, steps: int, threads: int) -> dict:
+    "`train` in a fresh Python process with `threads` threads."
+    return in_fresh_process(__file__, ["--mode", mode, "--data", str(path), "--steps", str(steps)], threads)
+
+
+@contextmanager
+def simulated_file(path: Path | None, n_cells: int | None, n_jobs: int):
+    "`path`, or a temporary file while the block runs, holding `n_cells` cells of the `bmmc` preset (None: the preset's) as `write_data` writes them; simulated unless the file is there."
+    with tempfile.TemporaryDirectory() as tmp:
+        path = path or Path(tmp) / "bmmc_counts_in_X.h5ad"
+        if not path.exists():
+            started = time.perf_counter()
+            write_data(path, n_cells or PRESETS["bmmc"]["n_cells"], n_jobs=n_jobs)
+            print(f"simulated and wrote {path} in {time.perf_counter() - started:.0f} s")
+        yield path
 
 
 def main():
@@ -101,12 +119,7 @@ def main():
 
     print(f"{len(os.sched_getaffinity(0))} CPUs available, load average {os.getloadavg()[0]:.1f}; "
           f"{args.steps} minibatches of {BATCH_SIZE} cells per mode, M = 10, K = 20, {args.threads} torch thread(s)")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = args.data or Path(tmp) / "bmmc_counts_in_X.h5ad"
-        if not path.exists():
-            t0 = time.perf_counter()
-            write_data(path, args.n_cells or PRESETS["bmmc"]["n_cells"], n_jobs=args.threads)
-            print(f"simulated and wrote {path} in {time.perf_counter() - t0:.0f} s")
+    with simulated_file(args.data, args.n_cells, n_jobs=args.threads) as path:
         with h5py.File(path, "r") as file:
             shape, nnz = file["X"].attrs["shape"], file["X/data"].shape[0]
         csr_gib = nnz * (4 + 4) / 2**30  # float32 values and int32 column indices

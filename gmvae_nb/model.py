@@ -12,7 +12,7 @@ import json
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import anndata as ad
 import numpy as np
@@ -152,12 +152,13 @@ def _batch_codes(self: GMVAE, adata: ad.AnnData) -> np.ndarray:
     return self.batches.get_indexer(names).astype(np.int64)
 
 @patch
-def _loader(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024) -> tuple[ad.AnnData, CSRLoader]:
-    "`adata` (the training data if None) and a loader over its cells in order."
+def _loader(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024,
+            indices: np.ndarray | None = None) -> tuple[ad.AnnData, CSRLoader]:
+    "`adata` (the training data if None) and a loader over its cells in order (over the rows `indices`, in their order, if given)."
     adata = self.adata if adata is None else adata
     if adata.n_obs == 0: raise ValueError("adata has no cells")
     if adata is not self.adata: _check_counts(adata, self.layer)  # the training data were checked by the constructor
-    return adata, CSRLoader(self._aligned_counts(adata), self._batch_codes(adata), batch_size=batch_size)
+    return adata, CSRLoader(self._aligned_counts(adata), self._batch_codes(adata), indices, batch_size=batch_size)
 
 # %% ../nbs/06_model.ipynb #ede36c67
 MIXTURE_INITS = (None, "gmm")  # fit(init_mixture=…): None keeps the networks' own initialisation
@@ -254,14 +255,19 @@ def fit(self: GMVAE,
 @patch
 @torch.no_grad()
 def _per_cell(self: GMVAE, adata: ad.AnnData | None, outputs: Callable[[Minibatch], dict[str, torch.Tensor]],
-              batch_size: int = 1024) -> tuple[ad.AnnData, dict[str, np.ndarray]]:
-    "`adata` and the per-cell `outputs(minibatch)` over all its cells, in eval mode, concatenated in cell order."
-    adata, loader = self._loader(adata, batch_size)
+              batch_size: int = 1024, indices: np.ndarray | None = None) -> tuple[ad.AnnData, dict[str, np.ndarray]]:
+    "`adata` and the per-cell `outputs(minibatch)` over its cells (the rows `indices` if given), in eval mode, written minibatch by minibatch into one array each, in cell order."
+    adata, loader = self._loader(adata, batch_size, indices)
     self.module.eval()
-    parts: dict[str, list] = {}
+    out: dict[str, np.ndarray] = {}
+    start = 0
     for mb in loader:
-        for name, value in outputs(mb.to(self.device)).items(): parts.setdefault(name, []).append(value.cpu())
-    return adata, {name: torch.cat(values).numpy() for name, values in parts.items()}
+        for name, value in outputs(mb.to(self.device)).items():
+            value = value.cpu().numpy()
+            if name not in out: out[name] = np.empty((loader.n_cells, *value.shape[1:]), value.dtype)
+            out[name][start:start + len(value)] = value
+        start += len(mb.index)
+    return adata, out
 
 @patch
 def _inference_noise(self: GMVAE, n_samples: int) -> torch.Tensor:
@@ -350,17 +356,189 @@ def elbo_terms(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10
     adata, out = self._sampled_terms(adata, n_samples, batch_size)
     return pd.DataFrame({t: out[t] for t in TERMS}, index=adata.obs_names)
 
+# %% ../nbs/06_model.ipynb #89e6b530
+def _cell_rows(indices, n_cells: int) -> np.ndarray | None:
+    "The rows of `n_cells` cells that `indices` (integer positions or a boolean mask) selects; None selects all."
+    if indices is None: return None
+    rows = np.asarray(indices)
+    if rows.dtype == bool:
+        if rows.shape != (n_cells,): raise ValueError(f"indices is a boolean mask of shape {rows.shape} for {n_cells:,} cells")
+        rows = np.flatnonzero(rows)
+    if rows.size == 0: raise ValueError("indices selects no cells")
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise TypeError(f"indices must be integer positions or a boolean mask, got {rows.dtype} of shape {rows.shape}")
+    if rows.min() < 0 or rows.max() >= n_cells:
+        raise ValueError(f"indices must lie in [0, {n_cells:,}), the cells of adata; got values from {rows.min()} to {rows.max()}")
+    return rows
+
+def _check_library_size(library_size):
+    "Fail unless `library_size` is a positive number or 'latent'."
+    if isinstance(library_size, str) and library_size == "latent": return
+    if (isinstance(library_size, (bool, np.bool_)) or not isinstance(library_size, (int, float, np.integer, np.floating))
+            or not (np.isfinite(library_size) and library_size > 0)):
+        raise ValueError(f"library_size must be a positive number, or 'latent' for each cell's own library size; got {library_size!r}")
+
 @patch
-def get_normalized_expression(self: GMVAE, adata: ad.AnnData | None = None, batch: str | None = None,
-                              batch_size: int = 1024) -> pd.DataFrame:
-    "Batch-corrected expression (cells × genes, rows sum to `library_target`): the decoder at the posterior mean of x and the reference `batch` (default: the first)."
-    name = self.batches[0] if batch is None else str(batch)
-    if name not in self.batches:
-        raise ValueError(f"batch {name!r} is not one of the model's batches: {_names_preview(self.batches)}")
-    code = int(self.batches.get_loc(name))
-    adata, out = self._per_cell(adata, lambda mb: dict(expression=self.module.normalized_expression(mb.counts, mb.batch, code)),
-                                batch_size)
-    return pd.DataFrame(out["expression"], index=adata.obs_names, columns=self.genes)
+def _gene_columns(self: GMVAE, gene_list) -> np.ndarray | None:
+    "Positions among the model's genes of the gene name, or names, `gene_list`, in its order; None for all genes."
+    if gene_list is None: return None
+    names = pd.Index([gene_list] if isinstance(gene_list, str) else list(gene_list), dtype=object)
+    columns = self.genes.get_indexer(names)
+    unknown = names[columns < 0]
+    if len(unknown):
+        raise ValueError(f"{len(unknown):,} of the {len(names):,} genes in gene_list are not among the model's "
+                         f"{len(self.genes):,} genes: {_names_preview(unknown)}")
+    return columns
+
+@patch
+def _reference_codes(self: GMVAE, transform_batch) -> list[int] | None:
+    "The decoder codes of the batch name, or names, `transform_batch`; None (each cell's own batch) for None."
+    if transform_batch is None: return None
+    names = [str(transform_batch)] if np.ndim(transform_batch) == 0 else [str(name) for name in transform_batch]
+    if not names: raise ValueError("transform_batch is empty: give a batch name, a list of them, or None for each cell's own batch")
+    unknown = [name for name in names if name not in self.batches]
+    if unknown:
+        raise ValueError(f"transform_batch names batches the model was not trained on: {_names_preview(unknown)}; "
+                         f"it knows {_names_preview(self.batches, 20)}")
+    return [int(self.batches.get_loc(name)) for name in names]
+
+# %% ../nbs/06_model.ipynb #abc5ad6a
+@patch
+def get_normalized_expression(
+    self: GMVAE,
+    adata: ad.AnnData | None = None,  # default: the training data
+    indices: Sequence[int] | np.ndarray | None = None,  # cells of `adata`: integer positions or a boolean mask; None: all
+    transform_batch: str | Sequence[str] | None = None,  # decode every cell at this batch (several: the average over them); None: each at its own
+    gene_list: Sequence[str] | None = None,  # genes to return, in this order; None: all the model's genes
+    library_size: float | str = 1,  # each row's total over all genes: a number (1: proportions), or "latent": each cell's own library size
+    n_samples: int = 1,  # draws of x per cell, the same standardised draws for every cell; 0: x at its posterior mean
+    return_mean: bool = True,  # average the draws; False: return them all, (n_samples, cells, genes)
+    batch_size: int = 1024,  # cells per block: the peak memory is one block × all genes
+    return_numpy: bool | None = None,  # a numpy array instead of a DataFrame; None: a DataFrame unless the draws are stacked
+) -> pd.DataFrame | np.ndarray:  # cells × genes, with obs names × gene names as a DataFrame
+    "Normalised expression L·ρ, ρ = softmax(f(x, s)), of the cells of `adata`, streamed in blocks of cells: scvi-tools' `get_normalized_expression`."
+    adata = self.adata if adata is None else adata
+    rows = _cell_rows(indices, adata.n_obs)
+    columns, references = self._gene_columns(gene_list), self._reference_codes(transform_batch)
+    _check_library_size(library_size)
+    if int(n_samples) != n_samples or n_samples < 0: raise ValueError(f"n_samples must be 0 or more, got {n_samples!r}")
+    if not return_mean and return_numpy is False:
+        raise ValueError("return_mean=False stacks the draws into an (n_samples, cells, genes) array, which a DataFrame "
+                         "cannot hold: leave return_numpy unset")
+    noise = self._inference_noise(int(n_samples))[..., :self.module.n_x]
+    genes = None if columns is None else torch.as_tensor(columns, device=self.device)
+    own_library = isinstance(library_size, str)  # "latent"
+    def expression(mb: Minibatch):
+        values = self.module.normalized_expression(mb.counts, mb.batch, references, noise.expand(-1, len(mb.index), -1), genes)
+        values = values * (mb.counts.sum(-1, keepdim=True).clamp(min=1) if own_library else library_size)
+        return dict(expression=values.mean(0) if return_mean else values.transpose(0, 1))
+    adata, out = self._per_cell(adata, expression, batch_size, rows)
+    if not return_mean: return np.moveaxis(out["expression"], 1, 0)
+    if return_numpy: return out["expression"]
+    return pd.DataFrame(out["expression"], index=adata.obs_names if rows is None else adata.obs_names[rows],
+                        columns=self.genes if columns is None else self.genes[columns], copy=False)
+
+# %% ../nbs/06_model.ipynb #1ec9e3cc
+@patch
+def _groups(self: GMVAE, adata: ad.AnnData, groupby: str | None, batch_size: int) -> tuple[pd.Categorical, str]:
+    "Every cell's group name (NaN: none) as a categorical, and what the groups are: obs[groupby], or the model's clusters for None."
+    if groupby is None:
+        clusters = self._sampled_terms(adata, 10, batch_size)[1]["proba"].argmax(1)  # with `predict`'s default draws
+        categories = [str(k) for k in range(self.n_clusters)]
+        return pd.Categorical.from_codes(clusters, categories).remove_unused_categories(), "the model's clusters"
+    if groupby not in adata.obs:
+        raise KeyError(f"obs has no column {groupby!r} (columns: {list(adata.obs.columns)}); pass groupby=None to compare the model's clusters")
+    groups = pd.Categorical(adata.obs[groupby]).remove_unused_categories()
+    return groups.rename_categories([str(c) for c in groups.categories]), f"obs[{groupby!r}]"
+
+def _comparisons(groups: pd.Categorical, source: str, group1, group2) -> list[tuple[str, np.ndarray, str, np.ndarray]]:
+    "(name, rows) of every group to test and (name, rows) of the cells it is tested against: group2's, or all other cells of a group ('Rest')."
+    known = groups.categories
+    if len(known) < 2:
+        raise ValueError(f"{source} has {len(known)} group(s) ({_names_preview(known)}): differential expression needs two")
+    def listed(argument: str, value) -> list[str]:
+        names = [str(value)] if np.ndim(value) == 0 else [str(name) for name in value]
+        unknown = [name for name in names if name not in known]
+        if unknown: raise ValueError(f"{argument} {_names_preview(unknown)} is not a group of {source}: {_names_preview(known, 20)}")
+        return names
+    codes = groups.codes
+    def rows(name: str) -> np.ndarray: return np.flatnonzero(codes == known.get_loc(name))
+    def rest(name: str) -> np.ndarray: return np.flatnonzero((codes >= 0) & (codes != known.get_loc(name)))
+    reference = None if group2 is None else listed("group2", str(group2))[0]
+    tested = [name for name in known if name != reference] if group1 is None else listed("group1", group1)
+    if reference is None: return [(name, rows(name), "Rest", rest(name)) for name in tested]
+    return [(name, rows(name), reference, rows(reference)) for name in tested]
+
+@patch
+@torch.no_grad()
+def _pair_statistics(self: GMVAE, loader: CSRLoader, rows1: np.ndarray, rows2: np.ndarray, n_samples: int, delta: float,
+                     pseudocounts: float, batch_correction: bool, seed: int) -> dict[str, np.ndarray]:
+    "The per-gene columns of `differential_expression` from `n_samples` pairs of a cell of `rows1` and one of `rows2`, in blocks of `loader.batch_size` cells (an even number)."
+    rng = np.random.default_rng(seed)
+    members = np.stack([rng.choice(rows1, n_samples), rng.choice(rows2, n_samples)], axis=1).ravel()  # a₁ b₁ a₂ b₂ …
+    draws = torch.from_numpy(rng.standard_normal((len(members), self.module.n_x), dtype=np.float32))
+    references = rng.integers(len(self.batches), size=n_samples).repeat(2) if batch_correction else None
+    pairs = CSRLoader(loader.counts, loader.batch_codes, members, batch_size=loader.batch_size)
+    self.module.eval()
+    sums = torch.zeros(6, len(self.genes), dtype=torch.float64)
+    for step, mb in enumerate(pairs):
+        mb, span = mb.to(self.device), slice(step * pairs.batch_size, step * pairs.batch_size + len(mb.index))
+        reference = None if references is None else [torch.from_numpy(references[span]).to(self.device)]
+        rho = self.module.normalized_expression(mb.counts, mb.batch, reference, draws[None, span].to(self.device))[0]
+        log = torch.log2(rho + pseudocounts)
+        first, second, lfc = rho[0::2], rho[1::2], log[0::2] - log[1::2]
+        sums += torch.stack([first.sum(0), second.sum(0), lfc.sum(0), lfc.square().sum(0),  # float32 within a block, float64 across
+                             (lfc >= delta).sum(0, dtype=rho.dtype), (lfc <= -delta).sum(0, dtype=rho.dtype)]).cpu().double()
+    scale1, scale2, lfc_mean, lfc_square, up, down = (sums / n_samples).numpy()
+    proba = np.maximum(up, down)
+    return dict(proba_de=proba, proba_not_de=1 - proba, bayes_factor=np.log(proba + 1e-8) - np.log(1 - proba + 1e-8),
+                scale1=scale1, scale2=scale2, lfc_mean=lfc_mean, lfc_std=np.sqrt(np.maximum(lfc_square - lfc_mean**2, 0)))
+
+# %% ../nbs/06_model.ipynb #65052a17
+@patch
+def differential_expression(
+    self: GMVAE,
+    adata: ad.AnnData | None = None,  # default: the training data
+    groupby: str | None = None,  # obs column of the groups; None: the model's clusters (as `predict` assigns them; not written)
+    group1: str | Sequence[str] | None = None,  # the group(s) to test, each against group2; None: every group
+    group2: str | None = None,  # the group to test against; None: all other cells ("Rest")
+    delta: float = 0.25,  # least |log2 fold change| of a pair that counts as a change
+    pseudocounts: float = 1e-4,  # c, added to the compositions before the log (1e-4: one count in 10⁴)
+    n_samples: int = 5000,  # pairs of cells per comparison, a cell of each group with a draw of its x
+    batch_correction: bool = False,  # decode both cells of a pair at one random batch, not each at its own
+    batch_size: int = 1024,  # cells per block (half as many pairs): the peak memory is one block × all genes
+    seed: int = 0,  # seeds the pairs and their draws
+) -> pd.DataFrame:  # per gene and comparison: proba_de, proba_not_de, bayes_factor, scale1, scale2, lfc_mean, lfc_std, comparison, group1, group2
+    "Differential expression between groups of cells from the model's normalised expression, as scvi-tools' `differential_expression` in \"change\" mode; each comparison's genes by decreasing proba_de."
+    if int(n_samples) != n_samples or n_samples < 1: raise ValueError(f"n_samples must be at least 1, got {n_samples!r}")
+    if not delta >= 0: raise ValueError(f"delta must be 0 or more, got {delta!r}")
+    if not pseudocounts > 0: raise ValueError(f"pseudocounts must be positive (the log of a zero composition is -inf), got {pseudocounts!r}")
+    adata = self.adata if adata is None else adata
+    comparisons = _comparisons(*self._groups(adata, groupby, batch_size), group1, group2)
+    adata, loader = self._loader(adata, 2 * max(1, batch_size // 2))
+    frames = []
+    for name, rows, other, other_rows in comparisons:
+        statistics = self._pair_statistics(loader, rows, other_rows, int(n_samples), delta, pseudocounts, batch_correction, seed)
+        frame = pd.DataFrame(statistics, index=self.genes)
+        order = np.lexsort((-np.abs(statistics["lfc_mean"]), -statistics["proba_de"]))
+        frames.append(frame.iloc[order].assign(comparison=f"{name} vs {other}", group1=name, group2=other))
+    return pd.concat(frames)
+
+# %% ../nbs/06_model.ipynb #5a14046f
+@patch
+@delegates(GMVAE.differential_expression)
+def markers(
+    self: GMVAE,
+    n_genes: int = 10,  # markers per group, at most
+    min_proba: float = 0.95,  # least proba_de of a marker
+    **kwargs,  # arguments of `differential_expression`: adata, groupby, group1, group2, delta, …
+) -> pd.DataFrame:  # `differential_expression`'s rows of the markers, group by group, the largest lfc_mean first
+    "The `n_genes` up-regulated genes of each group with the largest lfc_mean among those with proba_de ≥ `min_proba`."
+    table = self.differential_expression(**kwargs)
+    up = table[(table["lfc_mean"] > 0) & (table["proba_de"] >= min_proba)]
+    position = {name: i for i, name in enumerate(pd.unique(table["group1"]))}
+    up = up.iloc[np.lexsort((-up["lfc_mean"].to_numpy(), up["group1"].map(position).to_numpy()))]
+    return up.groupby("group1", sort=False).head(n_genes)
 
 # %% ../nbs/06_model.ipynb #6c39ff88
 @patch

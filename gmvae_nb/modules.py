@@ -59,6 +59,11 @@ def _split_gaussian(params: Tensor) -> tuple[Tensor, Tensor]:
     return mean, logvar.clamp(*LOGVAR_RANGE)
 
 
+def _reparameterise(mean: Tensor, logvar: Tensor, noise: Tensor) -> Tensor:
+    "The draw mean + exp(logvar / 2) · noise of N(mean, exp(logvar)) for standard normal `noise` (which may carry leading sample axes)."
+    return mean + (0.5 * logvar).exp() * noise
+
+
 def _log_library(counts: Tensor) -> Tensor:
     "log ℓ per cell, with ℓ clamped to ≥ 1 so that an empty cell stays finite: (B,)."
     return counts.sum(-1).clamp(min=1).log()
@@ -164,8 +169,8 @@ def elbo(
     "Per-cell −ELBO terms and responsibilities for given noise: deterministic, pure tensor code (compile this)."
     posterior = self.encode(counts, batch)
     noise_x, noise_w = noise.split([self.n_x, self.n_w], dim=-1)
-    x = posterior["x_mean"] + (0.5 * posterior["x_logvar"]).exp() * noise_x  # (M, B, n_x)
-    w = posterior["w_mean"] + (0.5 * posterior["w_logvar"]).exp() * noise_w  # (M, B, n_w)
+    x = _reparameterise(posterior["x_mean"], posterior["x_logvar"], noise_x)  # (M, B, n_x)
+    w = _reparameterise(posterior["w_mean"], posterior["w_logvar"], noise_w)  # (M, B, n_w)
     prior_mean, prior_logvar = self.prior(w)  # (M, B, K, n_x) each
     logits, log_theta = self.decode(x, batch)  # (M, B, G), log θ broadcastable
     log_likelihood = nb_log_likelihood(counts, logits, _log_library(counts), log_theta, nonzero)  # (M, B)
@@ -212,21 +217,31 @@ def forward(
     if nonzero is None: nonzero = counts.nonzero(as_tuple=True)
     return self.elbo(counts, batch, noise, nonzero)
 
-
+# %% ../nbs/04_modules.ipynb #789ddefd
 @patch
 @torch.no_grad()
 def normalized_expression(
     self: GMVAEModule,
     counts: Tensor,  # (B, G) dense counts
-    batch: Tensor,  # (B,) the cells' own batches (used by the encoder when `encode_batch`)
-    reference_batch: int | Tensor,  # the batch to decode at: an index, or (B,) indices
-) -> Tensor:  # (B, G), each row sums to `library_target`
-    "Batch-corrected expression: softmax of the decoder at the posterior mean of x and a reference batch, × library_target."
+    batch: Tensor,  # (B,) the cells' own batches (the encoder's, when `encode_batch`)
+    references: Sequence[int | Tensor] | None = None,  # batches to decode at, each an index or (B,) indices; ρ is averaged over them. None: each cell's own
+    noise: Tensor | None = None,  # (M, B, n_x) standard normal draws of x; None: x at its posterior mean (M = 1)
+    genes: Tensor | None = None,  # (g,) indices of the genes to keep; None: all G
+) -> Tensor:  # (M, B, g) compositions ρ; over all G genes each row sums to 1
+    "Expression composition ρ = softmax(f(x, s)) at draws x = m_x + s_x·ε, averaged over the reference batches s; at most one (B, G) matrix at a time."
     self._check_inputs(counts, batch)
-    reference = torch.as_tensor(reference_batch, device=batch.device).expand_as(batch)
-    self._check_inputs(counts, reference)
-    logits, _ = self.decode(self.encode(counts, batch)["x_mean"], reference)
-    return torch.softmax(logits, dim=-1) * self.library_target
+    references = [batch] if references is None else [torch.as_tensor(r, device=batch.device).expand_as(batch) for r in references]
+    if not references: raise ValueError("references is empty: pass batches to decode at, or None for each cell's own")
+    for reference in references: self._check_inputs(counts, reference)
+    posterior = self.encode(counts, batch)
+    if noise is None: noise = torch.zeros_like(posterior["x_mean"])[None]
+    x = _reparameterise(posterior["x_mean"], posterior["x_logvar"], noise)  # (M, B, n_x)
+    expression = x.new_zeros(len(x), len(batch), self.n_genes if genes is None else len(genes))
+    for sample, x_sample in zip(expression, x):
+        for reference in references:
+            composition = torch.softmax(self.decode(x_sample, reference)[0], dim=-1)
+            sample += composition if genes is None else composition[:, genes]
+    return expression / len(references)
 
 # %% ../nbs/04_modules.ipynb #6903e6ae
 def assert_cellwise(module: GMVAEModule, counts: Tensor, batch: Tensor, n_samples: int = 3, seed: int = 0,

@@ -106,6 +106,13 @@ def unseen_batch() -> ad.AnnData:
     return other
 
 
+def one_tissue() -> ad.AnnData:
+    "`toy()` with an obs column of a single value."
+    adata = toy()
+    adata.obs["tissue"] = "marrow"
+    return adata
+
+
 def missing_batches() -> ad.AnnData:
     adata = toy()
     adata.obs.loc[["cell3", "cell7"], "batch"] = np.nan
@@ -157,7 +164,13 @@ CASES: dict[str, Callable[[Path], object]] = {
     "n-clusters-below-1": lambda tmp: GMVAE(toy(), n_clusters=0),
     "unseen-batch": lambda tmp: model().get_latent(unseen_batch()),
     "unseen-batch-at-load": lambda tmp: GMVAE.load(saved(tmp), unseen_batch()),
-    "unknown-reference-batch": lambda tmp: model().get_normalized_expression(batch="b9"),
+    "unknown-transform-batch": lambda tmp: model().get_normalized_expression(transform_batch="b9"),
+    "unknown-genes-in-gene-list": lambda tmp: model().get_normalized_expression(gene_list=["g3", "CD3E", "MS4A1"]),
+    "negative-n-samples-for-expression": lambda tmp: model().get_normalized_expression(n_samples=-1),
+    "bad-library-size": lambda tmp: model().get_normalized_expression(library_size="observed"),
+    "missing-groupby-column": lambda tmp: model().differential_expression(groupby="leiden"),
+    "unknown-group": lambda tmp: model().differential_expression(groupby="cell_type", group1="DC"),
+    "a-single-group": lambda tmp: model().differential_expression(one_tissue(), groupby="tissue"),
     "missing-genes": lambda tmp: model().get_latent(toy()[:, 1:].copy()),
     "missing-genes-at-load": lambda tmp: GMVAE.load(saved(tmp), toy()[:, 1:].copy()),
     "no-train-cells": lambda tmp: no_train_cells().fit(max_epochs=1, progress=False),

@@ -440,12 +440,25 @@ def test_extreme_counts_give_finite_terms_and_gradients(options):
 def test_normalized_expression_is_batch_corrected():
     counts, batch = counts_and_batch()
     module = GMVAEModule(50, 3, n_clusters=4, **SMALL).eval()
-    expression = module.normalized_expression(counts, batch, reference_batch=1)
-    assert expression.shape == (16, 50)
-    torch.testing.assert_close(expression.sum(-1), torch.full((16,), 1e4), rtol=1e-5, atol=0)
+    expression = module.normalized_expression(counts, batch, references=[1])
+    assert expression.shape == (1, 16, 50)
+    torch.testing.assert_close(expression.sum(-1), torch.ones(1, 16), rtol=1e-5, atol=0)
     # with the batch only in the decoder, relabelling the cells' own batches changes nothing
-    torch.testing.assert_close(module.normalized_expression(counts, (batch + 1) % 3, reference_batch=1), expression)
-    assert not torch.allclose(module.normalized_expression(counts, batch, reference_batch=2), expression)
+    torch.testing.assert_close(module.normalized_expression(counts, (batch + 1) % 3, references=[1]), expression)
+    assert not torch.allclose(module.normalized_expression(counts, batch, references=[2]), expression)
+    # each cell's own batch is the reference of its own index
+    torch.testing.assert_close(module.normalized_expression(counts, batch), module.normalized_expression(counts, batch, [batch]))
+
+
+def test_normalized_expression_is_cellwise():
+    "Permuting the cells (and their draws) permutes the compositions: a cell's ρ depends on its counts, batch and draw alone."
+    counts, batch = counts_and_batch()
+    module = GMVAEModule(50, 3, n_clusters=4, **SMALL).double().eval()
+    draws = torch.randn(3, 16, SMALL["n_x"], generator=generator(0), dtype=torch.float64)
+    order = torch.randperm(16, generator=generator(1))
+    expression = module.normalized_expression(counts.double(), batch, [batch, 2], draws)
+    permuted = module.normalized_expression(counts.double()[order], batch[order], [batch[order], 2], draws[:, order])
+    torch.testing.assert_close(permuted, expression[:, order], rtol=1e-12, atol=1e-12)
 
 
 def test_compiled_elbo_matches_eager():
@@ -479,4 +492,4 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         module(counts, batch + 3)
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
-        module.normalized_expression(counts, batch, reference_batch=7)
+        module.normalized_expression(counts, batch, references=[7])
