@@ -156,7 +156,7 @@ SWEEP_OPTIONS = {  # options of sweep and main -> argparse settings, with gmvae_
     ("--n-top-genes",): dict(dest="n_top_genes", type=int, help="keep this many highly variable genes (default: all)",
                              default=None),
     ("--test-fraction",): dict(dest="test_fraction", type=float, default=0.1,
-                               help="fraction of each batch's cells held out to score the runs (validation takes 0.1)"),
+                               help="fraction of each batch's cells held out to score the runs; validation takes another 0.1"),
     ("--workers",): dict(dest="workers", type=int, help="runs at once on this machine", default=1),
     ("--scheduler",): dict(dest="scheduler", help="address of a Dask scheduler (tcp://HOST:PORT) to run on", default=None),
 }
