@@ -16,9 +16,9 @@ from pathlib import Path
 from . import __version__
 
 # %% auto #0
-__all__ = ['TRAIN_OPTIONS', 'FIT_OPTIONS', 'MODEL_SETTINGS', 'SWEEP_OPTIONS', 'MAIN_JOB_TRAINING', 'simulate_command',
-           'add_library_options', 'given', 'fit_command', 'add_fit_parser', 'add_sweep_options', 'sweep_command',
-           'report_command', 'main_command', 'build_parser', 'in_flags', 'main']
+__all__ = ['TRAIN_OPTIONS', 'NONE_SPELLINGS', 'DATA_OPTIONS', 'FIT_OPTIONS', 'MODEL_SETTINGS', 'SWEEP_OPTIONS',
+           'MAIN_JOB_TRAINING', 'simulate_command', 'add_library_options', 'given', 'fit_command', 'add_fit_parser',
+           'add_sweep_options', 'sweep_command', 'report_command', 'main_command', 'build_parser', 'in_flags', 'main']
 
 # %% ../nbs/07_cli.ipynb #03030950
 def simulate_command(args: argparse.Namespace) -> Path:
@@ -67,6 +67,25 @@ def given(args: argparse.Namespace, options: dict) -> dict:
     "The settings of `options` that the command line gave or the command set: what is passed on to the library."
     return {s["dest"]: getattr(args, s["dest"]) for s in options.values() if hasattr(args, s["dest"])}
 
+# %% ../nbs/07_cli.ipynb #7c187ac4
+NONE_SPELLINGS = {"layer": "X", "batch_key": "none", "label_key": "none"}  # how the command line writes the library's None
+
+
+def _none_as(dest: str):
+    "An argparse type for the option of `dest`: the value given, or None for the word `NONE_SPELLINGS[dest]`."
+    def value(text: str) -> str | None: return None if text == NONE_SPELLINGS[dest] else text
+    return value
+
+
+DATA_OPTIONS = {  # how fit and sweep read the user's .h5ad -> argparse settings, with load_counts' (and sweep's) default
+    ("--layer",): dict(dest="layer", type=_none_as("layer"), help="layer of the raw counts, or X", default="counts"),
+    ("--batch-key",): dict(dest="batch_key", type=_none_as("batch_key"), default="batch",
+                           help="obs column of the batches, or none for data from one batch"),
+    ("--label-key",): dict(dest="label_key", type=_none_as("label_key"), default="cell_type",
+                           help="obs column of the cell types the runs are scored against, or none; data without the "
+                                "default column are unlabelled"),
+}
+
 # %% ../nbs/07_cli.ipynb #6f0ffbbf
 FIT_OPTIONS = {  # options of fit alone -> argparse settings, with the library's default (GMVAE's or GMVAE.fit's)
     ("-K", "--n-clusters"): dict(dest="n_clusters", type=int, help="mixture components", default=20),
@@ -91,16 +110,17 @@ def fit_command(args: argparse.Namespace) -> Path:
         try: select_device(settings["device"])
         except RuntimeError as e: raise ValueError(*e.args) from e  # a device this machine lacks: bad input, before any work
     out = Path(args.out)
-    adata = load_counts(args.data, layer=None if args.layer == "X" else args.layer, batch_key=args.batch_key,
-                        label_key=None)
-    model = GMVAE(adata, **{name: settings.pop(name) for name in MODEL_SETTINGS if name in settings})
+    adata = load_counts(args.data, **given(args, DATA_OPTIONS), label_key=None)
+    loaded = adata.uns["gmvae_nb"]  # the layer and the batch column it read (the library's defaults unless given)
+    model = GMVAE(adata, batch_key=loaded["batch_key"],
+                  **{name: settings.pop(name) for name in MODEL_SETTINGS if name in settings})
     model.fit(**settings, progress=not args.quiet, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
     if process_rank() != 0: return out  # the other processes trained along; rank 0 writes the outputs
     import anndata as ad
     trained_on = f"{adata.n_obs:,} cells x {adata.n_vars:,} genes"
     model.adata = adata = None  # the checked training counts are no longer needed: free them before reading the file
     # attach the model to the user's whole file (its counts checked above), which it annotates and which is written
-    model.adata, model.layer = ad.read_h5ad(args.data), None if args.layer == "X" else args.layer
+    model.adata, model.layer = ad.read_h5ad(args.data), loaded["source_layer"]
     model.get_latent()
     model.predict()
     model.save(out / "model", overwrite=True)
@@ -116,8 +136,7 @@ def add_fit_parser(commands) -> argparse.ArgumentParser:
     fit = commands.add_parser("fit", help="fit a GMVAE to an .h5ad file; write the model and the annotated data")
     fit.add_argument("data", help="an .h5ad file of raw counts")
     fit.add_argument("--out", required=True, help="output folder: model/ and adata.h5ad are written there")
-    fit.add_argument("--layer", default="counts", help="layer of raw counts, or X (default: %(default)s)")
-    fit.add_argument("--batch-key", default="batch", help="obs column of batches (default: %(default)s)")
+    add_library_options(fit, {flags: s for flags, s in DATA_OPTIONS.items() if s["dest"] != "label_key"})  # fit needs no labels
     add_library_options(fit, FIT_OPTIONS | TRAIN_OPTIONS)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.add_argument("--checkpoint-dir", default=None,
@@ -136,6 +155,8 @@ SWEEP_OPTIONS = {  # options of sweep and main -> argparse settings, with gmvae_
     ("--split-seed",): dict(dest="split_seed", type=int, help="seed of the train/validation/test split", default=0),
     ("--n-top-genes",): dict(dest="n_top_genes", type=int, help="keep this many highly variable genes (default: all)",
                              default=None),
+    ("--test-fraction",): dict(dest="test_fraction", type=float, default=0.1,
+                               help="fraction of each batch's cells held out to score the runs; validation takes another 0.1"),
     ("--workers",): dict(dest="workers", type=int, help="runs at once on this machine", default=1),
     ("--scheduler",): dict(dest="scheduler", help="address of a Dask scheduler (tcp://HOST:PORT) to run on", default=None),
 }
@@ -150,15 +171,15 @@ def add_sweep_options(command: argparse.ArgumentParser, **overrides):
 def _run_sweep(args: argparse.Namespace, data: str, out: Path) -> bool:
     "Run the sweep the arguments describe; print its table; True if every run finished."
     from gmvae_nb.sweep import sweep
-    table = sweep(data, out=out, **given(args, SWEEP_OPTIONS), **given(args, TRAIN_OPTIONS))
+    table = sweep(data, out=out, **given(args, SWEEP_OPTIONS), **given(args, DATA_OPTIONS), **given(args, TRAIN_OPTIONS))
     failed = table.index[table.status == "failed"].tolist()
     print(table.to_string())
     if (table.status == "done").any():
         from gmvae_nb.sweep import cluster_stability, collect, recommend_k
         print(f"recommended K (of the K whose held-out -ELBO is within one standard error of the lowest, the one whose "
               f"clusters agree most across seeds): {recommend_k(collect(out), stability=cluster_stability(out))}")
-    print(f"sweep {out}: {len(table)} runs, skipped {int(table.skipped.sum())} finished before, "
-          f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
+    where = f": {', '.join(failed)}; each left its error in {out / 'runs' / '<run>' / 'error.txt'}" if failed else ""
+    print(f"sweep {out}: {len(table)} runs, skipped {int(table.skipped.sum())} finished before, {len(failed)} failed{where}")
     return not failed
 
 
@@ -206,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     swp = commands.add_parser("sweep", help="train for every K and seed through papermill (resumable)")
     swp.add_argument("--data", required=True, help="an .h5ad file of raw counts, or preset:NAME for the simulator")
     swp.add_argument("--out", required=True, help="the sweep's folder")
+    add_library_options(swp, DATA_OPTIONS)
     add_sweep_options(swp)
     swp.set_defaults(run=sweep_command, parser=swp)
 
@@ -224,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 # %% ../nbs/07_cli.ipynb #9b41c097
-_CLI_VALUES = {("layer", "None"): "X"}  # values of the library's arguments that the command line spells differently
+_CLI_VALUES = {(name, "None"): word for name, word in NONE_SPELLINGS.items()}  # library values the command line spells differently
 
 
 def in_flags(message: str, command: argparse.ArgumentParser) -> str:

@@ -181,12 +181,14 @@ def _check_no_missing_batch(batches: pd.Series, batch_key: str):
                          f"(e.g. {batches.index[missing][:3].tolist()}); every cell needs a batch: fill them in or drop those cells.")
 
 
-def _check_obs(obs: pd.DataFrame, batch_key: str, label_key: str | None):
-    "Check that the batch (and label) columns exist and that every cell has a batch."
-    batches = _obs_column(obs, batch_key, "batch", " Pass batch_key=<column> naming the batches.")
+def _check_obs(obs: pd.DataFrame, batch_key: str | None, label_key: str | None):
+    "Check that the batch (and label) columns exist and that every cell has a batch (one batch, no column, for `batch_key=None`)."
+    if batch_key is not None:
+        batches = _obs_column(obs, batch_key, "batch", " Pass batch_key=<column> naming the batches, or batch_key=None for a single batch.")
     if label_key is not None:
         _obs_column(obs, label_key, "label", " Pass label_key=<column>, or label_key=None for unlabelled data.")
-    _check_no_missing_batch(batches, batch_key)
+    if batch_key is not None:  # the columns first, then their values
+        _check_no_missing_batch(batches, batch_key)
 
 
 def _feature_indices(var: pd.DataFrame, feature_type: str | None) -> np.ndarray:
@@ -290,7 +292,7 @@ def _load(matrix, obs: pd.DataFrame, var: pd.DataFrame, layer_names: list[str], 
 def load_counts(
     source: str | Path | ad.AnnData,  # path of an .h5ad file, or an AnnData (left unchanged)
     layer: str | None = "counts",  # layer holding the raw counts; None reads X
-    batch_key: str = "batch",  # obs column naming each cell's batch
+    batch_key: str | None = "batch",  # obs column naming each cell's batch; None for data from a single batch
     label_key: str | None = "cell_type",  # obs column of cell-type labels; None for unlabelled data
     feature_type: str | None = "GEX",  # keep the features with this `var['feature_types']`; None keeps all
     empty_cells: str = "drop",  # cells without counts: "drop" (with a warning) or "error"

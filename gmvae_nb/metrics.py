@@ -36,10 +36,10 @@ with optional_dependencies("metrics"):
     from threadpoolctl import threadpool_limits
 
 # %% auto #0
-__all__ = ['GRAPH_NEIGHBORS', 'KBET_NEIGHBORS', 'LEIDEN_RESOLUTIONS', 'METRICS', 'toy_embedding', 'exact_neighbors',
+__all__ = ['GRAPH_NEIGHBORS', 'KBET_NEIGHBORS', 'MIN_CELLS', 'LEIDEN_RESOLUTIONS', 'METRICS', 'toy_embedding', 'exact_neighbors',
            'knn_connectivities', 'scaled_silhouettes', 'isolated_labels', 'isolated_label_asw', 'leiden_scores',
-           'kmeans_scores', 'batch_asw', 'kbet_acceptance', 'kbet_per_label', 'ilisi', 'Metric', 'evaluate',
-           'pca_baseline', 'scvi_baseline']
+           'kmeans_scores', 'batch_asw', 'kbet_acceptance', 'kbet_per_label', 'ilisi', 'kbet_all_cells', 'Metric',
+           'evaluate', 'pca_baseline', 'scvi_baseline']
 
 # %% ../nbs/08_metrics.ipynb #c81e4f13
 def toy_embedding(
@@ -94,6 +94,7 @@ def _annotation(adata: ad.AnnData, key: str, what: str) -> np.ndarray:
 # %% ../nbs/08_metrics.ipynb #a501ce1e
 GRAPH_NEIGHBORS = 15  # nearest neighbours of the graph that Leiden and graph connectivity use (scib-metrics' Benchmarker)
 KBET_NEIGHBORS = 50  # nearest neighbours of the connectivity graph kBET's neighbourhoods are built from (idem)
+MIN_CELLS = GRAPH_NEIGHBORS + 1  # fewest cells `evaluate` scores: each cell and its 15 nearest neighbours
 
 
 def exact_neighbors(
@@ -262,6 +263,11 @@ def _diffusion_map(
     return eigenvectors.astype(np.float32) * scale
 
 
+def _kbet_k0(cells_per_batch: pd.Series) -> int:
+    "kBET's neighbourhood size k0 (the cell itself not counted): a quarter of the mean number of cells per batch, clipped to 10…70, as scib."
+    return int(np.clip(cells_per_batch.mean() // 4, 10, 70))
+
+
 def _kbet_one_label(
     connectivities: sp.csr_matrix,  # the type's cells × cells connectivity subgraph
     batches: np.ndarray,  # the type's cells' batches
@@ -271,7 +277,7 @@ def _kbet_one_label(
     cells_per_batch = pd.Series(batches).value_counts()
     if len(batches) < 10 or len(cells_per_batch) == 1:
         return np.nan
-    k0 = int(np.clip(cells_per_batch.mean() // 4, 10, 70))
+    k0 = _kbet_k0(cells_per_batch)
     n_components, component = connected_components(connectivities, connection="strong")
     kept = np.bincount(component)[component] >= 3 * k0 if n_components > 1 else np.ones(len(batches), bool)
     if kept.mean() < 0.75 or kept.sum() <= k0:  # too fragmented, or too few cells for k0 neighbours: rejected
@@ -352,6 +358,16 @@ def ilisi(
     simpson = np.where(entropy == 0, -1.0, (per_batch**2).sum(axis=1))  # scib-metrics' value when no weight is left
     return float((np.nanmedian(1 / simpson) - 1) / (n_batches - 1))
 
+# %% ../nbs/08_metrics.ipynb #0abf655b
+def kbet_all_cells(
+    neighbors: NeighborsResults,  # each cell's nearest neighbours in the embedding (itself first), at least 11
+    batches: np.ndarray,  # one batch per cell
+    alpha: float = 0.05,  # significance level of each cell's test
+) -> float:  # fraction of cells whose neighbourhood passes the test
+    "kBET without labels: each cell's k0 + 1 nearest neighbours (k0 as in `kbet_per_label`, at most the neighbours given) tested against the batch frequencies of all cells."
+    k0 = min(_kbet_k0(pd.Series(batches).value_counts()), neighbors.n_neighbors - 1)
+    return kbet_acceptance(neighbors.indices[:, : k0 + 1], batches, alpha)
+
 # %% ../nbs/08_metrics.ipynb #fbf18493
 @dataclass(frozen=True)
 class Metric:
@@ -362,6 +378,7 @@ class Metric:
     kind: str  # 'bio' (cell types kept apart), 'batch' (batches mixed), or 'info' (where a best score was reached)
     higher_is_better: bool | None = None  # None for 'info' entries
     blog: str | None = None  # the column the reference blog reported it under
+    needs_labels: bool = True  # False: also computed without cell-type labels (`evaluate(..., label_key=None)`)
 
 _ASW = "gmvae_nb.metrics.scaled_silhouettes (sklearn; equals scib_metrics.silhouette_label)"
 METRICS: dict[str, Metric] = {
@@ -394,11 +411,21 @@ METRICS: dict[str, Metric] = {
                              "cell type, mean over types, in [0, 1]",
                              "gmvae_nb.metrics.kbet_per_label (as scib_metrics.kbet_per_label, exact neighbours)",
                              "batch", True, "kBET"),
-    "ilisi": Metric("iLISI", "median inverse Simpson index of batches in 90-NN neighbourhoods, scaled to [0, 1]",
-                    "gmvae_nb.metrics.ilisi (NumPy; equals scib_metrics.ilisi_knn)", "batch", True),
+    "kbet_all_cells": Metric("kBET (all cells)", "kBET acceptance rate (alpha 0.05) of each cell's k0 + 1 nearest "
+                             "neighbours in the embedding against the batch frequencies of all cells, in [0, 1]; "
+                             "needs no labels, and rejects batches that hold the cell types in different proportions",
+                             "gmvae_nb.metrics.kbet_all_cells (the test of scib_metrics.kbet)", "batch", True,
+                             needs_labels=False),
+    "ilisi": Metric("iLISI", "median inverse Simpson index of batches in 90-NN neighbourhoods (n_neighbors-NN on "
+                    "fewer cells), scaled to [0, 1]; needs no labels",
+                    "gmvae_nb.metrics.ilisi (NumPy; equals scib_metrics.ilisi_knn)", "batch", True, needs_labels=False),
     "graph_connectivity": Metric("graph connectivity", "fraction of each cell type in the largest connected "
                                  "component of its 15-NN subgraph, mean over types, in [0, 1]",
                                  "scib_metrics.graph_connectivity", "batch", True),
+    "n_neighbors": Metric("neighbours", "neighbours searched per cell, itself included: 90, or one less than the cells "
+                          "scored when they are fewer; iLISI uses them all, kBET's graph up to 50, Leiden and graph "
+                          "connectivity 15", "gmvae_nb.metrics.exact_neighbors (sklearn NearestNeighbors)", "info",
+                          needs_labels=False),
 }
 
 # %% ../nbs/08_metrics.ipynb #8c37132f
@@ -443,55 +470,65 @@ def _bio_metrics(
 
 
 def _batch_metrics(
-    coordinates: np.ndarray, neighbors: NeighborsResults, labels: np.ndarray, batches: np.ndarray | None,
+    coordinates: np.ndarray, neighbors: NeighborsResults, labels: np.ndarray | None, batches: np.ndarray | None,
     seed: int, timings: dict | None,
 ) -> dict[str, float]:
-    "Batch ASW, kBET, iLISI (NaN, with a warning, without 2 batches) and graph connectivity."
-    graph = neighbors.subset_neighbors(min(GRAPH_NEIGHBORS, neighbors.n_neighbors))
-    with _timed(timings, "graph_connectivity"):
-        scores = {"graph_connectivity": scib_metrics.graph_connectivity(graph, labels)}
+    "iLISI and kBET over all cells and, with labels, graph connectivity, batch ASW and kBET per cell type (those on batches NaN, with a warning, without 2 batches)."
+    scores = {}
+    if labels is not None:
+        with _timed(timings, "graph_connectivity"):
+            graph = neighbors.subset_neighbors(min(GRAPH_NEIGHBORS, neighbors.n_neighbors))
+            scores["graph_connectivity"] = scib_metrics.graph_connectivity(graph, labels)
+    on_batches = ["ilisi", "kbet_all_cells"] + ([] if labels is None else ["asw_batch", "kbet_per_label"])
     n_batches = 0 if batches is None else len(np.unique(batches))
     if n_batches < 2:
-        warnings.warn(f"batch metrics need at least 2 batches, got {n_batches}: asw_batch, kbet_per_label and ilisi are NaN")
-        return scores | {"asw_batch": np.nan, "kbet_per_label": np.nan, "ilisi": np.nan}
-    with _timed(timings, "asw_batch"):
-        scores["asw_batch"] = batch_asw(coordinates, labels, batches).mean()
-    with _timed(timings, "kbet_per_label"):
-        kbet_graph = knn_connectivities(neighbors.subset_neighbors(min(KBET_NEIGHBORS, neighbors.n_neighbors)))
-        scores["kbet_per_label"] = kbet_per_label(kbet_graph, batches, labels, seed=seed).mean()
+        warnings.warn(f"batch metrics need at least 2 batches, got {n_batches}: {', '.join(on_batches)} are NaN")
+        return scores | dict.fromkeys(on_batches, np.nan)
+    if labels is not None:
+        with _timed(timings, "asw_batch"):
+            scores["asw_batch"] = batch_asw(coordinates, labels, batches).mean()
+        with _timed(timings, "kbet_per_label"):
+            kbet_graph = knn_connectivities(neighbors.subset_neighbors(min(KBET_NEIGHBORS, neighbors.n_neighbors)))
+            scores["kbet_per_label"] = kbet_per_label(kbet_graph, batches, labels, seed=seed).mean()
     with _timed(timings, "ilisi"):
         scores["ilisi"] = ilisi(neighbors, batches)
+    with _timed(timings, "kbet_all_cells"):
+        scores["kbet_all_cells"] = kbet_all_cells(neighbors, batches)
     return scores
 
 
 def evaluate(
     adata: ad.AnnData,  # cells to score (the protocol passes the test split)
     embedding: str = "X_gmvae",  # `obsm` key of the embedding
-    label_key: str = "cell_type",  # `obs` column of the cell types
+    label_key: str | None = "cell_type",  # `obs` column of the cell types (None: the metrics that need none)
     batch_key: str | None = "batch",  # `obs` column of the batches (None: no batch metrics)
     cluster_key: str | None = "gmvae_cluster",  # `obs` column of the model's own clusters, scored when present
-    n_neighbors: int = 90,  # neighbours searched per cell (iLISI uses 90, kBET 50, Leiden and graph connectivity 15)
+    n_neighbors: int = 90,  # neighbours searched per cell, at most cells − 1 (iLISI uses them all, kBET 50, Leiden and graph connectivity 15)
     seed: int = 0,  # seed of Leiden, k-means and the kBET eigensolver
     timings: dict | None = None,  # if a dict, filled with the seconds each step took
     n_threads: int | None = 1,  # threads of the BLAS and OpenMP pools while scoring (None: the libraries' defaults)
-) -> dict[str, float]:  # one number per key of `METRICS` (floats; `kmeans_k_best` an int)
+) -> dict[str, float]:  # one number per key of `METRICS` (those that need labels only with them; floats, the 'info' ones ints)
     "Score an embedding: cell-type conservation and batch mixing, every number named after its variant (see `METRICS`)."
     coordinates = _embedding(adata, embedding)
-    labels = _annotation(adata, label_key, "label")
+    labels = None if label_key is None else _annotation(adata, label_key, "label")
     batches = None if batch_key is None else _annotation(adata, batch_key, "batch")
-    distinct = np.unique(labels)
-    if len(distinct) < 2:
+    if labels is not None and len(distinct := np.unique(labels)) < 2:
         raise ValueError(f"adata.obs[{label_key!r}] has {len(distinct)} distinct label(s) ({list(distinct)[:3]}); "
                          "the metrics compare at least 2 cell types")
-    if adata.n_obs <= n_neighbors:
-        raise ValueError(f"{adata.n_obs} cells are too few for n_neighbors={n_neighbors}; pass a smaller n_neighbors")
+    if adata.n_obs < MIN_CELLS:
+        raise ValueError(f"{adata.n_obs} cells are too few to score: the metrics need at least {MIN_CELLS}, "
+                         f"each cell with its {GRAPH_NEIGHBORS} nearest neighbours")
+    n_neighbors = min(n_neighbors, adata.n_obs - 1)
     with threadpool_limits(limits=n_threads):
         with _timed(timings, "neighbors"):
             neighbors = exact_neighbors(coordinates, n_neighbors)
-        scores = (_bio_metrics(coordinates, neighbors, labels, batches, seed, timings)
-                  | _own_cluster_scores(adata, cluster_key, labels)
-                  | _batch_metrics(coordinates, neighbors, labels, batches, seed, timings))
-    return {key: scores[key] if METRICS[key].kind == "info" else float(scores[key]) for key in METRICS}
+        scores = {"n_neighbors": n_neighbors}
+        if labels is not None:
+            scores |= (_bio_metrics(coordinates, neighbors, labels, batches, seed, timings)
+                       | _own_cluster_scores(adata, cluster_key, labels))
+        scores |= _batch_metrics(coordinates, neighbors, labels, batches, seed, timings)
+    return {key: scores[key] if METRICS[key].kind == "info" else float(scores[key])
+            for key in METRICS if labels is not None or not METRICS[key].needs_labels}
 
 # %% ../nbs/08_metrics.ipynb #f90b74ab
 def pca_baseline(

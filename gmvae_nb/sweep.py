@@ -33,8 +33,9 @@ with optional_dependencies("sweep"):
     from traitlets.config import Config
 
 # %% auto #0
-__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'Run', 'plan_runs', 'write_json_atomic', 'run_status', 'RunKernelManager',
-           'execute_notebook_in', 'execute_run', 'prepare_data', 'sweep', 'collect', 'summarize', 'cluster_stability',
+__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'VALIDATION_FRACTION', 'Run', 'plan_runs',
+           'write_json_atomic', 'run_status', 'RunKernelManager', 'execute_notebook_in', 'execute_run',
+           'canonical_counts', 'check_split', 'prepare_data', 'sweep', 'collect', 'summarize', 'cluster_stability',
            'recommend_k']
 
 # %% ../nbs/09_sweep.ipynb #d22cfc08
@@ -114,25 +115,96 @@ def execute_run(run_dir: str | Path, parameters: dict, notebook: str | Path = RU
     return {"run": run_dir.name, "status": status, "seconds": round(time.perf_counter() - start, 1)}
 
 # %% ../nbs/09_sweep.ipynb #8e9c6c16
-def prepare_data(data: str | Path, out: str | Path, split_seed: int = 0, n_top_genes: int | None = None) -> Path:
-    "Load or simulate `data`, select genes, split it with `split_seed`, and write `out/data.h5ad` (once)."
-    from gmvae_nb.data import load_counts, select_genes, split, write_h5ad
+SINGLE_BATCH = "all"  # obs['batch'] of the prepared data when the user's have no batches (batch_key=None)
+LABEL_KEY = "cell_type"  # the default label column, and the prepared data's: data without it are unlabelled
+VALIDATION_FRACTION = 0.1  # of each batch's cells; the test takes `test_fraction`, training the rest
+
+
+def canonical_counts(
+    source: str | Path | ad.AnnData,  # an .h5ad file or an AnnData (e.g. simulated)
+    layer: str | None = "counts",  # layer of the raw counts; None: X
+    batch_key: str | None = "batch",  # obs column of the batches; None: a single batch
+    label_key: str | None = LABEL_KEY,  # obs column of the cell types; None, or the default where it is missing: no labels
+) -> ad.AnnData:  # counts in layers['counts'] and X; obs['batch'] and, when labelled, obs['cell_type'], nothing else
+    "The counts of `source`, checked by `load_counts`, with its batches and labels under the sweep's names."
+    from gmvae_nb.data import _as_categories, _check_obs, load_counts
+    adata = load_counts(source, layer=layer, batch_key=batch_key, label_key=None)
+    if label_key == LABEL_KEY and label_key not in adata.obs:
+        print(f"note: obs has no {LABEL_KEY!r} column, so the sweep runs without cell-type labels and scores what "
+              "needs none; name the labels' column with label_key (--label-key) to score against them")
+        label_key = None
+    _check_obs(adata.obs, None, label_key)
+    batches = adata.obs[batch_key] if batch_key else pd.Categorical([SINGLE_BATCH] * adata.n_obs)
+    obs = pd.DataFrame({"batch": batches}, index=adata.obs_names)
+    if label_key is not None:
+        labels = adata.obs[label_key]
+        if labels.isna().any():
+            raise ValueError(f"obs['{label_key}'] has no label for {labels.isna().sum():,} of {adata.n_obs:,} cells "
+                             f"(e.g. {labels.index[labels.isna()][:3].tolist()}); the metrics need every cell labelled: "
+                             "label or drop them, or pass label_key=None to sweep without labels")
+        obs[LABEL_KEY] = _as_categories(labels)
+    adata.obs = obs
+    return adata
+
+# %% ../nbs/09_sweep.ipynb #652b8a92
+def check_split(
+    adata: ad.AnnData,  # the data in the sweep's shape (`canonical_counts`), split into obs['split']
+    test_fraction: float,  # the fraction of test cells it was split with, to name in errors
+    label_key: str | None = LABEL_KEY,  # the user's name of the labels, to name in errors
+):
+    "Fail unless every part of the split has cells, the test cells are enough to score and, when labelled, hold two cell types."
+    from gmvae_nb.data import SPLITS
+    from gmvae_nb.metrics import MIN_CELLS
+    split = adata.obs["split"]
+    sizes = split.value_counts()
+    def remedy(change: str) -> str: return f"pass a {change} test_fraction (now test_fraction={test_fraction}) or more cells"
+    empty = [part for part in SPLITS if sizes.get(part, 0) == 0]
+    if empty:
+        raise ValueError(f"the split of {adata.n_obs:,} cells leaves no {' and no '.join(empty)} cells: "
+                         + remedy("larger" if empty == ["test"] else "smaller"))
+    if sizes["test"] < MIN_CELLS:
+        raise ValueError(f"the test split has {sizes['test']:,} of the {adata.n_obs:,} cells, too few to score: "
+                         f"the metrics need at least {MIN_CELLS}; " + remedy("larger"))
+    if LABEL_KEY in adata.obs and (types := adata.obs.loc[split == "test", LABEL_KEY].unique()).size < 2:
+        raise ValueError(f"the {sizes['test']:,} test cells hold {types.size} cell type of obs['{label_key}'] "
+                         f"({list(types)}); the metrics compare at least 2: pass label_key=None to sweep without labels")
+
+# %% ../nbs/09_sweep.ipynb #1acf23c2
+_FIRST_RECIPE = dict(layer="counts", batch_key="batch", label_key=LABEL_KEY, test_fraction=0.1)  # what a recipe without these meant
+
+
+def prepare_data(
+    data: str | Path,  # an .h5ad file of raw counts, or preset:NAME to simulate
+    out: str | Path,  # the sweep's folder: writes out/data.h5ad
+    split_seed: int = 0,  # seed of the split (and of the simulation)
+    n_top_genes: int | None = None,  # keep this many highly variable genes (None: all)
+    layer: str | None = "counts",  # layer of the raw counts; None: X
+    batch_key: str | None = "batch",  # obs column of the batches; None: a single batch
+    label_key: str | None = LABEL_KEY,  # obs column of the cell types; None, or the default where it is missing: no labels
+    test_fraction: float = 0.1,  # of each batch's cells held out to score the runs, at most 0.5
+) -> Path:  # out/data.h5ad
+    "Load or simulate `data` in the sweep's shape, select genes, split it, check that every run can be scored, and write `out/data.h5ad` (once)."
+    from gmvae_nb.data import select_genes, split, write_h5ad
     out, source = Path(out), str(data)
     path = out / "data.h5ad"
-    recipe = {"data": source, "split_seed": split_seed, "n_top_genes": n_top_genes}
+    recipe = dict(data=source, split_seed=split_seed, n_top_genes=n_top_genes, layer=layer, batch_key=batch_key,
+                  label_key=label_key, test_fraction=test_fraction)
     if path.exists():
-        found = json.loads(ad.read_h5ad(path, backed="r").uns["sweep_data"]["recipe"])
-        if found != recipe:
-            raise ValueError(f"{path} was prepared from {found}, not {recipe}: use another --out folder")
+        found = _FIRST_RECIPE | json.loads(ad.read_h5ad(path, backed="r").uns["sweep_data"]["recipe"])
+        changed = [key for key in recipe if found.get(key) != recipe[key]]
+        if changed:
+            raise ValueError(f"{path} was prepared with {', '.join(f'{key}={found.get(key)!r}' for key in changed)}, not "
+                             f"{', '.join(f'{key}={recipe[key]!r}' for key in changed)}: use another --out folder")
         return path
+    if not 0 < test_fraction <= 0.5: raise ValueError(f"test_fraction must be above 0 and at most 0.5, got {test_fraction}")
     if source.startswith("preset:"):
         from gmvae_nb.simulate import simulate
-        adata = simulate(source.removeprefix("preset:"), seed=split_seed)
-    else:
-        adata = load_counts(source)
+        data = simulate(source.removeprefix("preset:"), seed=split_seed)
+    adata = canonical_counts(data, layer=layer, batch_key=batch_key, label_key=label_key)
     if n_top_genes: adata = select_genes(adata, n_top=n_top_genes)
-    split(adata, seed=split_seed)
-    adata.uns["sweep_data"] = {"recipe": json.dumps(recipe)}
+    split(adata, fractions=(1 - VALIDATION_FRACTION - test_fraction, VALIDATION_FRACTION, test_fraction), seed=split_seed)
+    check_split(adata, test_fraction, label_key)
+    adata.uns["sweep_data"] = {"recipe": json.dumps(recipe), "labelled": LABEL_KEY in adata.obs}
     return write_h5ad(adata, path)
 
 # %% ../nbs/09_sweep.ipynb #276a3c94
@@ -164,13 +236,15 @@ def _distributed(jobs: list[tuple[Path, dict]], scheduler: str, notebook, kernel
 
 def sweep(data: str | Path, Ks=BLOG_GRID, repeats: int = 6, out: str | Path = "sweeps/default",
           workers: int = 1, scheduler: str | None = None, base_seed: int = 0, split_seed: int = 0,
-          n_top_genes: int | None = None, notebook: str | Path = RUN_NOTEBOOK, kernel_name: str | None = None,
-          **parameters) -> pd.DataFrame:
-    "Run the training notebook for every (K, seed); finished runs are skipped. `parameters` go to the notebook."
+          n_top_genes: int | None = None, test_fraction: float = 0.1, layer: str | None = "counts",
+          batch_key: str | None = "batch", label_key: str | None = LABEL_KEY, notebook: str | Path = RUN_NOTEBOOK,
+          kernel_name: str | None = None, **parameters) -> pd.DataFrame:
+    "Run the training notebook for every (K, seed) on `data` prepared by `prepare_data`; finished runs are skipped. `parameters` go to the notebook."
     if workers < 1: raise ValueError(f"workers must be at least 1, got {workers}")
     out = Path(out).absolute()
     runs = plan_runs(Ks, repeats, base_seed)
-    data_path = prepare_data(data, out, split_seed=split_seed, n_top_genes=n_top_genes)
+    data_path = prepare_data(data, out, split_seed=split_seed, n_top_genes=n_top_genes, layer=layer,
+                             batch_key=batch_key, label_key=label_key, test_fraction=test_fraction)
     threads = parameters.pop("threads", None) or (0 if scheduler else max(1, (os.cpu_count() or 1) // workers))
     finished = {r.name for r in runs if run_status(out / "runs" / r.name) == "done"}
     jobs = [(out / "runs" / r.name, {**parameters, "data": str(data_path), "n_clusters": r.n_clusters,

@@ -105,6 +105,14 @@ def test_user_errors_are_one_line_naming_the_flag_with_exit_status_2(tmp_path):
         (["fit", data, "--layer", "raw"], "Use --layer X to read the counts from X"),
         (["fit", data, "--device", "cuda"], "--device cuda asked for, but this torch"),
         (["sweep", "--data", data, "-K", 0], "every K must be a positive integer"),
+        # the data's checks, all before the first run: each names the option to change
+        (["sweep", "--data", data, "--label-key", "celltype"],
+         "obs has no label column 'celltype'; obs columns: ['batch', 'site', 'donor', 'cell_type', 'lineage', 'library_size', "
+         "'n_counts']. Pass --label-key <column>, or --label-key none for unlabelled data."),
+        (["sweep", "--data", data, "--batch-key", "donors"], "Pass --batch-key <column> naming the batches, or --batch-key none"),
+        (["sweep", "--data", data, "--layer", "raw"], "has no layer 'raw'; its layers are ['counts']. Use --layer X"),
+        (["sweep", "--data", data, "--test-fraction", 0.7], "--test-fraction must be above 0 and at most 0.5, got 0.7"),
+        (["sweep", "--data", data], "cells, too few to score: the metrics need at least 16; pass a larger --test-fraction"),
     ]
     for argv, problem in cases:
         result = subprocess.run([CLI, *map(str, argv), "--out", str(tmp_path / "out")], capture_output=True, text=True,

@@ -10,7 +10,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from gmvae_nb.data import load_counts
 from gmvae_nb.metrics import (
-    GRAPH_NEIGHBORS, KBET_NEIGHBORS, METRICS, batch_asw, evaluate, exact_neighbors, ilisi, isolated_label_asw,
+    GRAPH_NEIGHBORS, KBET_NEIGHBORS, METRICS, MIN_CELLS, batch_asw, evaluate, exact_neighbors, ilisi, isolated_label_asw,
     kbet_acceptance, kbet_per_label, knn_connectivities, leiden_scores, pca_baseline, scaled_silhouettes, scvi_baseline,
     toy_embedding,
 )
@@ -105,7 +105,7 @@ def test_same_seed_same_numbers(two_runs):
 def test_timings_name_every_step(two_runs):
     *_, timings = two_runs
     assert set(timings) == {"neighbors", "silhouettes", "leiden", "kmeans", "graph_connectivity", "asw_batch",
-                            "kbet_per_label", "ilisi"}
+                            "kbet_per_label", "ilisi", "kbet_all_cells"}
     assert all(seconds >= 0 for seconds in timings.values())
 
 
@@ -203,14 +203,33 @@ def test_errors_name_the_problem(toys):
         evaluate(broken, embedding="X_toy")
     with pytest.raises(ValueError, match=r"has 1 distinct label\(s\) \(\['type_02'\]\); the metrics compare at least 2"):
         evaluate(adata[adata.obs["cell_type"] == "type_02"], embedding="X_toy")
-    with pytest.raises(ValueError, match="80 cells are too few for n_neighbors=90"):
-        evaluate(adata[:80], embedding="X_toy")
+    with pytest.raises(ValueError, match="15 cells are too few to score: the metrics need at least 16"):
+        evaluate(adata[:15], embedding="X_toy")
     unlabelled = adata.copy()
     unlabelled.obs["cell_type"] = unlabelled.obs["cell_type"].where(np.arange(adata.n_obs) >= 3)
     with pytest.raises(ValueError, match=r"adata.obs\['cell_type'\] \(label\) is missing for 3 of 1,200 cells"):
         evaluate(unlabelled, embedding="X_toy")
     with pytest.raises(ValueError, match=r"must be cells × dims"):
         evaluate(ad_with_embedding(adata, np.zeros((adata.n_obs, 0), np.float32)), embedding="X_bad")
+
+
+def test_without_labels_only_the_label_free_metrics_are_reported(toys, scores):
+    label_free = [key for key, metric in METRICS.items() if not metric.needs_labels]
+    for name, adata in toys.items():
+        unlabelled = evaluate(adata.copy(), embedding="X_toy", label_key=None)
+        assert list(unlabelled) == label_free  # the others are left out, not NaN
+        assert unlabelled == {key: scores[name][key] for key in label_free}
+    assert scores["perfect"]["kbet_all_cells"] > 0.85 and scores["batch-separated"]["kbet_all_cells"] < 0.05
+    no_labels_at_all = toys["perfect"].copy()
+    del no_labels_at_all.obs["cell_type"]
+    assert set(evaluate(no_labels_at_all, embedding="X_toy", label_key=None)) == set(label_free)
+
+
+def test_fewer_cells_than_neighbours_use_one_neighbour_less_than_the_cells(toys):
+    few = toys["perfect"][:40].copy()  # the test split of a 400-cell data set
+    result = evaluate(few, embedding="X_toy")
+    assert result["n_neighbors"] == 39 and 0 < result["ilisi"] <= 1 and 0 <= result["kbet_all_cells"] <= 1
+    assert evaluate(toys["perfect"][:MIN_CELLS].copy(), embedding="X_toy", label_key=None)["n_neighbors"] == MIN_CELLS - 1
 
 
 def ad_with_embedding(adata, coordinates):

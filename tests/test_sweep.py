@@ -8,10 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from gmvae_nb.metrics import METRICS
 from gmvae_nb.sweep import cluster_stability, collect, recommend_k, run_status, summarize, sweep
 
 CLI = str(Path(sys.executable).with_name("gmvae-nb"))
@@ -86,6 +89,7 @@ def test_failed_run_is_reported_and_others_finish(tiny_data, tmp_path):
     assert result.returncode == 1
     assert "K002_seed0" in result.stdout and "failed" in result.stdout
     assert "K002_seed0: failed in " in result.stdout and "its error is in runs/K002_seed0/error.txt" in result.stdout
+    assert f"1 failed: K002_seed0; each left its error in {out}/runs/<run>/error.txt" in result.stdout.splitlines()[-1]
     assert "[IPKernelApp]" not in result.stderr
     assert (out / "runs" / "K002_seed0" / "error.txt").exists()
 
@@ -131,3 +135,50 @@ def test_each_kernel_starts_in_its_run_folder_and_the_sweep_never_moves_this_pro
     assert (table.status == "done").all(), table
     for run in table.index:
         assert Path(json.loads((out / "runs" / run / "metrics.json").read_text())["cwd"]).resolve() == (out / "runs" / run).resolve()
+
+
+def their_data(path, n_cells):
+    "A user's file: counts in X (no layers), batches in obs['donor'], no cell-type labels."
+    from gmvae_nb.simulate import simulate
+    simulated = simulate("default", n_cells=n_cells, n_genes=40, n_types=3, n_batches=2, seed=1)
+    ad.AnnData(X=simulated.layers["counts"], obs=pd.DataFrame({"donor": simulated.obs["batch"].to_numpy()},
+                                                              index=simulated.obs_names)).write_h5ad(path)
+    return path
+
+
+def test_sweep_on_their_keys_with_counts_in_x_and_no_labels(tmp_path):
+    "400 cells: 40 test cells, fewer than the 90 neighbours of the metrics, which use 39; every run keeps its model."
+    from gmvae_nb.model import GMVAE
+    out = tmp_path / "sweep"
+    data = their_data(tmp_path / "theirs.h5ad", 400)
+    result = subprocess.run(sweep_cli(data, out, "-K", 2, 3, "--repeats", 1, "--workers", 2, "--layer", "X",
+                                      "--batch-key", "donor"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "note: obs has no 'cell_type' column, so the sweep runs without cell-type labels" in result.stdout
+    assert "recommended K" in result.stdout
+    prepared = ad.read_h5ad(out / "data.h5ad")
+    assert list(prepared.obs.columns) == ["batch", "split"] and list(prepared.layers) == ["counts"]
+    assert prepared.uns["sweep_data"]["labelled"] == False  # noqa: E712 (a numpy bool)
+    test = prepared[prepared.obs["split"] == "test"].copy()
+    label_free = {key for key, metric in METRICS.items() if not metric.needs_labels}
+    for run in ("K002_seed0", "K003_seed0"):
+        folder = out / "runs" / run
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert label_free <= set(metrics) and not any(METRICS[key].needs_labels for key in set(metrics) & set(METRICS))
+        assert (metrics["n_test_cells"], metrics["n_neighbors"]) == (40, 39) and np.isfinite(metrics["ilisi"])
+        assert list(pd.read_csv(folder / "test_cells.csv", index_col=0).columns) == ["batch", "gmvae_cluster", "neg_elbo"]
+        model = GMVAE.load(folder / "model", prepared, device="cpu")
+        assert model.n_clusters == metrics["n_clusters"] and len(model.history) == 2
+        latent = np.load(folder / "latent.npz")
+        np.testing.assert_allclose(model.get_latent(test[latent["obs_names"]].copy()), latent["X_gmvae"], rtol=1e-5, atol=1e-6)
+
+
+def test_data_too_small_to_score_fail_before_any_training(tmp_path):
+    out = tmp_path / "sweep"
+    data = their_data(tmp_path / "theirs.h5ad", 150)
+    result = subprocess.run(sweep_cli(data, out, "-K", 2, "--repeats", 1, "--layer", "X", "--batch-key", "donor"),
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert ("the test split has 14 of the 150 cells, too few to score: the metrics need at least 16; "
+            "pass a larger --test-fraction (now --test-fraction 0.1) or more cells") in result.stderr
+    assert not out.exists()  # nothing prepared, no run started
