@@ -356,6 +356,19 @@ def elbo_terms(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10
     adata, out = self._sampled_terms(adata, n_samples, batch_size)
     return pd.DataFrame({t: out[t] for t in TERMS}, index=adata.obs_names)
 
+# %% ../nbs/06_model.ipynb #6c39ff88
+@patch
+def _mixture_from_embedding(self: GMVAE, cells: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "Means and variances (K, n_x) of a diagonal Gaussian mixture fitted to the posterior means of x of `cells` (rows of `self.adata`)."
+    from sklearn.mixture import GaussianMixture
+    if len(cells) < self.n_clusters:
+        raise ValueError(f"init_mixture fits {self.n_clusters} components to the {len(cells)} training cells: "
+                         "it needs at least as many cells as components")
+    _, out = self._per_cell(self.adata[cells], lambda mb: dict(x=self.module.encode(mb.counts, mb.batch)["x_mean"]))
+    mixture = GaussianMixture(self.n_clusters, covariance_type="diag", n_init=3, random_state=seed).fit(out["x"])
+    return torch.as_tensor(mixture.means_), torch.as_tensor(mixture.covariances_)
+
+
 # %% ../nbs/06_model.ipynb #89e6b530
 def _cell_rows(indices, n_cells: int) -> np.ndarray | None:
     "The rows of `n_cells` cells that `indices` (integer positions or a boolean mask) selects; None selects all."
@@ -539,19 +552,6 @@ def markers(
     position = {name: i for i, name in enumerate(pd.unique(table["group1"]))}
     up = up.iloc[np.lexsort((-up["lfc_mean"].to_numpy(), up["group1"].map(position).to_numpy()))]
     return up.groupby("group1", sort=False).head(n_genes)
-
-# %% ../nbs/06_model.ipynb #6c39ff88
-@patch
-def _mixture_from_embedding(self: GMVAE, cells: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "Means and variances (K, n_x) of a diagonal Gaussian mixture fitted to the posterior means of x of `cells` (rows of `self.adata`)."
-    from sklearn.mixture import GaussianMixture
-    if len(cells) < self.n_clusters:
-        raise ValueError(f"init_mixture fits {self.n_clusters} components to the {len(cells)} training cells: "
-                         "it needs at least as many cells as components")
-    _, out = self._per_cell(self.adata[cells], lambda mb: dict(x=self.module.encode(mb.counts, mb.batch)["x_mean"]))
-    mixture = GaussianMixture(self.n_clusters, covariance_type="diag", n_init=3, random_state=seed).fit(out["x"])
-    return torch.as_tensor(mixture.means_), torch.as_tensor(mixture.covariances_)
-
 
 # %% ../nbs/06_model.ipynb #502e23cd
 def _normalisation(module: GMVAEModule) -> dict:
