@@ -364,7 +364,7 @@ def _mixture_from_embedding(self: GMVAE, cells: np.ndarray, seed: int) -> tuple[
     if len(cells) < self.n_clusters:
         raise ValueError(f"init_mixture fits {self.n_clusters} components to the {len(cells)} training cells: "
                          "it needs at least as many cells as components")
-    _, out = self._per_cell(self.adata[cells], lambda mb: dict(x=self.module.encode(mb.counts, mb.batch)["x_mean"]))
+    _, out = self._per_cell(None, lambda mb: dict(x=self.module.encode(mb.counts, mb.batch)["x_mean"]), indices=cells)
     mixture = GaussianMixture(self.n_clusters, covariance_type="diag", n_init=3, random_state=seed).fit(out["x"])
     return torch.as_tensor(mixture.means_), torch.as_tensor(mixture.covariances_)
 
