@@ -190,8 +190,9 @@ def sweep_command(args: argparse.Namespace):
 
 def report_command(args: argparse.Namespace) -> Path:
     "Render the report of the sweep in `args.sweep`."
-    from gmvae_nb.report import render_report
-    path = render_report(args.sweep, out=args.out, title=args.title, renderer=args.renderer)
+    from gmvae_nb.report import ReportFailed, render_report
+    try: path = render_report(args.sweep, out=args.out, title=args.title, renderer=args.renderer)
+    except ReportFailed as e: sys.exit(f"gmvae-nb report: error: {e}")  # one line, exit status 1: not the user's input
     print(f"wrote {path}")
     return path
 

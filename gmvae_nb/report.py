@@ -7,27 +7,86 @@ Docs: https://gmvae-nb.github.io/gmvae-nb/report.html.md"""
 # %% ../nbs/10_report.ipynb #f13ec88f
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
 import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 from .data import atomic_path, optional_dependencies
 
 with optional_dependencies("report"):
+    import nbformat
     from gmvae_nb.sweep import RUN_NOTEBOOK, collect, execute_notebook_in
 
 REPORT_NOTEBOOK = RUN_NOTEBOOK.with_name("report.ipynb")
 
 # %% auto #0
-__all__ = ['REPORT_NOTEBOOK', 'html_with_nbconvert', 'html_with_quarto', 'render_report']
+__all__ = ['REPORT_NOTEBOOK', 'REPORT_PACKAGES', 'dominance_order', 'balanced_subsample', 'software_versions', 'report_title',
+           'html_with_nbconvert', 'html_with_quarto', 'ReportFailed', 'render_report']
+
+# %% ../nbs/10_report.ipynb #ea2cddd7
+def dominance_order(
+    counts: pd.DataFrame,  # cells per cell type (rows) and cluster (columns), e.g. pd.crosstab(cell_type, cluster)
+) -> tuple[list, list]:  # the rows and the columns in display order
+    "The rows and columns of `counts` in block-diagonal order: columns by size, grouped under the row that dominates them; rows by first dominance."
+    by_size = lambda totals: totals.sort_values(ascending=False, kind="stable").index
+    columns = by_size(counts.sum(axis=0))
+    dominant = counts[columns].idxmax(axis=0)
+    rows = list(dict.fromkeys(dominant))  # in the order they first dominate a column
+    rows += [row for row in by_size(counts.sum(axis=1)) if row not in rows]
+    position = {row: i for i, row in enumerate(rows)}
+    return rows, sorted(columns, key=lambda column: position[dominant[column]])  # stable: by size within a row
+
+# %% ../nbs/10_report.ipynb #2cd05972
+def balanced_subsample(
+    groups,  # the group of every cell, e.g. its cluster
+    n_max: int,  # the most cells kept
+    seed: int = 0,  # seed of the draw
+) -> np.ndarray:  # sorted positions of the cells kept
+    "At most `n_max` cells drawn without replacement, every group keeping its size or an equal share of what the smaller ones leave, whichever is smaller."
+    groups = pd.Series(np.asarray(groups))
+    sizes = groups.value_counts().sort_values(kind="stable")
+    rng, left, kept = np.random.default_rng(seed), n_max, []
+    for i, (group, size) in enumerate(sizes.items()):
+        share = min(size, left // (len(sizes) - i))
+        kept.append(rng.choice(np.flatnonzero(groups.to_numpy() == group), size=share, replace=False))
+        left -= share
+    return np.sort(np.concatenate(kept))
+
+# %% ../nbs/10_report.ipynb #7f6933c5
+REPORT_PACKAGES = ("gmvae-nb", "torch", "scanpy", "anndata", "numpy", "scipy", "pandas", "scikit-learn",
+                   "scib-metrics", "umap-learn", "matplotlib")
+
+def software_versions(packages=REPORT_PACKAGES) -> pd.Series:
+    "The version of Python and of every distribution in `packages` ('not installed' where it is missing)."
+    def installed(package):
+        try: return version(package)
+        except PackageNotFoundError: return "not installed"
+    return pd.Series({"python": platform.python_version()} | {package: installed(package) for package in packages},
+                     name="version")
+
+# %% ../nbs/10_report.ipynb #c9a846c2
+def report_title(
+    notebook: nbformat.NotebookNode,  # an executed notebook
+) -> str | None:  # None when it has no level-1 heading
+    "The first level-1 heading of `notebook`, in a markdown cell or a cell's markdown output."
+    for cell in notebook.cells:
+        texts = [cell.source] if cell.cell_type == "markdown" else [
+            output.get("data", {}).get("text/markdown", "") for output in cell.get("outputs", [])]
+        for text in texts:
+            heading = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), None)
+            if heading: return heading
+    return None
 
 # %% ../nbs/10_report.ipynb #ecc5bbb3
 def html_with_nbconvert(notebook: str | Path) -> str:
     "The executed `notebook` as self-contained HTML, code hidden, with nbconvert."
-    with optional_dependencies("report"):
-        import nbformat
-        from nbconvert import HTMLExporter
+    with optional_dependencies("report"): from nbconvert import HTMLExporter
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
                             exclude_raw=True, embed_images=True)
     body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
@@ -37,13 +96,19 @@ def html_with_nbconvert(notebook: str | Path) -> str:
 def html_with_quarto(notebook: str | Path) -> str:
     "The executed `notebook` as self-contained HTML rendered by Quarto (the notebook's front matter asks for it)."
     notebook = Path(notebook)
+    title = nbformat.read(str(notebook), as_version=4).metadata.get("title")
     with tempfile.TemporaryDirectory() as d:
         copy = Path(d) / notebook.name
         shutil.copy(notebook, copy)
-        subprocess.run(["quarto", "render", str(copy), "--to", "html", "--no-execute"], check=True, capture_output=True)
+        subprocess.run(["quarto", "render", str(copy), "--to", "html", "--no-execute"]
+                       + (["-M", f"pagetitle:{title}"] if title else []), check=True, capture_output=True)
         return copy.with_suffix(".html").read_text()
 
 # %% ../nbs/10_report.ipynb #8abee39d
+class ReportFailed(RuntimeError):
+    "The report notebook raised; the message names the cell, the error and the executed notebook that shows it."
+
+
 def render_report(sweep: str | Path, out: str | Path | None = None, title: str | None = None,
                   renderer: str = "auto", seed: int = 0) -> Path:
     "Execute the report notebook over the `sweep` folder and write the HTML page to `out` (default SWEEP/report.html)."
@@ -53,7 +118,14 @@ def render_report(sweep: str | Path, out: str | Path | None = None, title: str |
     if renderer == "auto": renderer = "quarto" if shutil.which("quarto") else "nbconvert"
     executed = sweep / "report.ipynb"
     parameters = {"sweep": str(sweep), "seed": seed} | ({"title": title} if title else {})
-    execute_notebook_in(sweep, REPORT_NOTEBOOK, executed, parameters=parameters, progress_bar=False)
+    with optional_dependencies("report"): from papermill.exceptions import PapermillExecutionError
+    try: execute_notebook_in(sweep, REPORT_NOTEBOOK, executed, parameters=parameters, progress_bar=False)
+    except PapermillExecutionError as e:  # its message is the whole traceback; the executed notebook keeps it
+        raise ReportFailed(f"the report notebook failed in cell [{e.exec_count}] with {e.ename}: {e.evalue} "
+                           f"(the executed notebook {executed} shows the failing cell)") from None
+    notebook = nbformat.read(str(executed), as_version=4)
+    if heading := report_title(notebook): notebook.metadata["title"] = heading  # the page's <title>
+    nbformat.write(notebook, str(executed))
     html = html_with_quarto(executed) if renderer == "quarto" else html_with_nbconvert(executed)
     page = Path(out or sweep / "report.html")
     with atomic_path(page) as tmp: tmp.write_text(html)

@@ -36,7 +36,7 @@ with optional_dependencies("sweep"):
 __all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'VALIDATION_FRACTION', 'Run', 'plan_runs',
            'write_json_atomic', 'run_status', 'RunKernelManager', 'execute_notebook_in', 'execute_run',
            'canonical_counts', 'check_split', 'prepare_data', 'sweep', 'collect', 'summarize', 'cluster_stability',
-           'recommend_k']
+           'elbo_by_k', 'recommend_k']
 
 # %% ../nbs/09_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
@@ -285,16 +285,26 @@ def cluster_stability(out: str | Path) -> pd.Series:
                       if len(runs) > 1 else np.nan for K, runs in sorted(clusters.items())},
                      name="stability", dtype=float).rename_axis("n_clusters")
 
+# %% ../nbs/09_sweep.ipynb #672e70f0
+def elbo_by_k(
+    table: pd.DataFrame,  # one row per run: n_clusters and `score` (as `collect` returns)
+    score: str = "neg_elbo_per_cell",  # lower is better: the held-out −ELBO per cell
+) -> pd.DataFrame:
+    "Per K: the runs, mean and standard error of `score`, and `tied`: whether the mean is within one standard error of the lowest mean."
+    grouped = table.groupby("n_clusters")[score]
+    per_k = pd.DataFrame({"runs": grouped.size(), "mean": grouped.mean(),
+                          "se": (grouped.std(ddof=1) / np.sqrt(grouped.size())).fillna(0.0)})
+    best = per_k["mean"].idxmin()
+    return per_k.assign(tied=per_k["mean"] <= per_k.loc[best, "mean"] + per_k.loc[best, "se"])
 
+# %% ../nbs/09_sweep.ipynb #383d5a47
 def recommend_k(
     table: pd.DataFrame,  # one row per run: n_clusters and `score` (as `collect` returns)
     score: str = "neg_elbo_per_cell",  # lower is better: the held-out −ELBO per cell
     stability: pd.Series | None = None,  # per K, e.g. `cluster_stability(out)`; None or NaN: not known
 ) -> int:
     "Among the K whose mean `score` is within one standard error of the lowest mean, the most stable (smallest on a tie); the smallest of them where stability is not known."
-    grouped = table.groupby("n_clusters")[score]
-    means, errors = grouped.mean(), (grouped.std(ddof=1) / np.sqrt(grouped.size())).fillna(0.0)
-    best = means.idxmin()
-    tied = means.index[means <= means[best] + errors[best]]
+    per_k = elbo_by_k(table, score)
+    tied = per_k.index[per_k["tied"]]
     known = pd.Series(dtype=float) if stability is None else stability.reindex(tied).dropna()
     return int(known.idxmax() if len(known) else tied.min())

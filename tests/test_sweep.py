@@ -146,8 +146,9 @@ def their_data(path, n_cells):
     return path
 
 
-def test_sweep_on_their_keys_with_counts_in_x_and_no_labels(tmp_path):
-    "400 cells: 40 test cells, fewer than the 90 neighbours of the metrics, which use 39; every run keeps its model."
+def test_sweep_and_report_on_their_keys_with_counts_in_x_and_no_labels(tmp_path):
+    "400 cells: 40 test cells, fewer than the 90 neighbours of the metrics, which use 39; every run keeps its model; the report shows the label-free sections."
+    from test_report import LABEL_FREE, headings
     from gmvae_nb.model import GMVAE
     out = tmp_path / "sweep"
     data = their_data(tmp_path / "theirs.h5ad", 400)
@@ -171,6 +172,12 @@ def test_sweep_on_their_keys_with_counts_in_x_and_no_labels(tmp_path):
         assert model.n_clusters == metrics["n_clusters"] and len(model.history) == 2
         latent = np.load(folder / "latent.npz")
         np.testing.assert_allclose(model.get_latent(test[latent["obs_names"]].copy()), latent["X_gmvae"], rtol=1e-5, atol=1e-6)
+    report = subprocess.run([CLI, "report", str(out), "--title", "Their cells", "--renderer", "nbconvert"],
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (out / "report.html").read_text()
+    assert headings(html) == ["Their cells", LABEL_FREE[0], "The model in brief", *LABEL_FREE[1:]]
+    assert "none: the data have no cell-type labels" in html
 
 
 def test_data_too_small_to_score_fail_before_any_training(tmp_path):
