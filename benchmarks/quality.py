@@ -46,10 +46,10 @@ def load(name: str, seed: int):
     from gmvae_nb.simulate import simulate
     if name == "multiome": adata = load_counts(SHARED / "openproblems_bmmc_multiome_starter.output_rna.h5ad")
     elif name == "cite": adata = load_counts(SHARED / "openproblems_bmmc_cite_starter.output_rna.h5ad")
-    elif name == "cellbench": adata = select_genes(load_counts(SHARED / "cellbench_rnamix.h5ad"), n_top=2000)
+    elif name == "cellbench": adata = select_genes(load_counts(SHARED / "cellbench_rnamix.h5ad"), n_top_genes=2000)
     elif name == "default": adata = simulate("default", seed=0)
     elif name == "recovery": adata = simulate("default", seed=seed, **RECOVERY_DATA)
-    elif name == "bmmc10k": adata = select_genes(simulate("bmmc", n_cells=10_000, seed=0), n_top=2000)
+    elif name == "bmmc10k": adata = select_genes(simulate("bmmc", n_cells=10_000, seed=0), n_top_genes=2000)
     else: raise ValueError(f"unknown data set {name!r}; choose from {DATASETS}")
     return split(adata, seed=0)
 

@@ -45,6 +45,11 @@ TRAIN_OPTIONS = {  # options of fit, sweep and main -> argparse settings, with t
     ("--n-w",): dict(dest="n_w", type=int, help="dimension of w", default=5),
     ("--n-init",): dict(dest="n_init", type=int, default=1,
                         help="models trained from different initial weights; the lowest final -ELBO is kept"),
+    ("--init-mixture",): dict(dest="init_mixture", choices=("gmm",), default=None,
+                              help="gmm: after --init-epochs epochs, restart the mixture from a Gaussian mixture fitted "
+                                   "to the embedding (VaDE's start; default: none, the mixture as initialised)"),
+    ("--init-epochs",): dict(dest="init_epochs", type=int, default=60,
+                             help="epochs trained before --init-mixture fits its Gaussian mixture"),
 }
 
 

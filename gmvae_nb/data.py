@@ -337,20 +337,20 @@ def optional_dependencies(extra: str) -> Iterator[None]:
 # %% ../nbs/00_data.ipynb #7707c488
 def select_genes(
     adata: ad.AnnData,  # cells × genes with raw counts
-    n_top: int = 2000,  # number of genes to keep
+    n_top_genes: int = 2000,  # number of genes to keep (scanpy's name)
     batch_key: str | None = "batch",  # obs column of batches (genes ranked within each); None ignores batches
     layer: str | None = "counts",  # layer holding the raw counts; None uses X
     subset: bool = True,  # return a new AnnData of the selected genes, or annotate `adata.var` in place
 ) -> ad.AnnData:  # the gene subset (subset=True) or `adata` with the HVG columns in `var`
-    "Select the `n_top` most variable genes on raw counts with scanpy's batch-aware `seurat_v3` method."
+    "Select the `n_top_genes` most variable genes on raw counts with scanpy's batch-aware `seurat_v3` method."
     with optional_dependencies("hvg"): import scanpy as sc  # here: it takes seconds to import, and only this needs it
 
     counts = _pick_matrix(adata.X, adata.layers, layer, "The AnnData")
-    if not 0 < n_top <= adata.n_vars:
-        raise ValueError(f"n_top must be between 1 and the number of genes ({adata.n_vars:,}), not {n_top:,}.")
+    if not 0 < n_top_genes <= adata.n_vars:
+        raise ValueError(f"n_top_genes must be between 1 and the number of genes ({adata.n_vars:,}), not {n_top_genes:,}.")
     if batch_key is not None:
         _obs_column(adata.obs, batch_key, "batch", " Pass batch_key=None to ignore batches.")
-    ranking = sc.pp.highly_variable_genes(adata, flavor="seurat_v3", n_top_genes=n_top, layer=layer,
+    ranking = sc.pp.highly_variable_genes(adata, flavor="seurat_v3", n_top_genes=n_top_genes, layer=layer,
                                           batch_key=batch_key, inplace=False).drop(columns="gene_name", errors="ignore")
     if not subset:
         for column in ranking.columns:

@@ -379,6 +379,7 @@ class Metric:
     higher_is_better: bool | None = None  # None for 'info' entries
     blog: str | None = None  # the column the reference blog reported it under
     needs_labels: bool = True  # False: also computed without cell-type labels (`evaluate(..., label_key=None)`)
+    needs_batches: bool = False  # True: computed only with a batch column (left out by `evaluate(..., batch_key=None)`)
 
 _ASW = "gmvae_nb.metrics.scaled_silhouettes (sklearn; equals scib_metrics.silhouette_label)"
 METRICS: dict[str, Metric] = {
@@ -406,19 +407,20 @@ METRICS: dict[str, Metric] = {
                                "NaN without that column", "sklearn adjusted_rand_score", "bio", True),
     "asw_batch": Metric("batch ASW", "1 - |silhouette by batch| within each cell type, mean per type, then over "
                         "types, in [0, 1]", "gmvae_nb.metrics.batch_asw (sklearn; equals scib_metrics.silhouette_batch)",
-                        "batch", True, "batch ASW"),
+                        "batch", True, "batch ASW", needs_batches=True),
     "kbet_per_label": Metric("kBET", "kBET acceptance rate (alpha 0.05) on diffusion-map neighbourhoods within each "
                              "cell type, mean over types, in [0, 1]",
                              "gmvae_nb.metrics.kbet_per_label (as scib_metrics.kbet_per_label, exact neighbours)",
-                             "batch", True, "kBET"),
+                             "batch", True, "kBET", needs_batches=True),
     "kbet_all_cells": Metric("kBET (all cells)", "kBET acceptance rate (alpha 0.05) of each cell's k0 + 1 nearest "
                              "neighbours in the embedding against the batch frequencies of all cells, in [0, 1]; "
                              "needs no labels, and rejects batches that hold the cell types in different proportions",
                              "gmvae_nb.metrics.kbet_all_cells (the test of scib_metrics.kbet)", "batch", True,
-                             needs_labels=False),
+                             needs_labels=False, needs_batches=True),
     "ilisi": Metric("iLISI", "median inverse Simpson index of batches in 90-NN neighbourhoods (n_neighbors-NN on "
                     "fewer cells), scaled to [0, 1]; needs no labels",
-                    "gmvae_nb.metrics.ilisi (NumPy; equals scib_metrics.ilisi_knn)", "batch", True, needs_labels=False),
+                    "gmvae_nb.metrics.ilisi (NumPy; equals scib_metrics.ilisi_knn)", "batch", True, needs_labels=False,
+                    needs_batches=True),
     "graph_connectivity": Metric("graph connectivity", "fraction of each cell type in the largest connected "
                                  "component of its 15-NN subgraph, mean over types, in [0, 1]",
                                  "scib_metrics.graph_connectivity", "batch", True),
@@ -473,15 +475,15 @@ def _batch_metrics(
     coordinates: np.ndarray, neighbors: NeighborsResults, labels: np.ndarray | None, batches: np.ndarray | None,
     seed: int, timings: dict | None,
 ) -> dict[str, float]:
-    "iLISI and kBET over all cells and, with labels, graph connectivity, batch ASW and kBET per cell type (those on batches NaN, with a warning, without 2 batches)."
+    "With batches, iLISI and kBET over all cells and, with labels too, batch ASW and kBET per cell type (NaN, with a warning, with one batch); with labels, graph connectivity."
     scores = {}
     if labels is not None:
         with _timed(timings, "graph_connectivity"):
             graph = neighbors.subset_neighbors(min(GRAPH_NEIGHBORS, neighbors.n_neighbors))
             scores["graph_connectivity"] = scib_metrics.graph_connectivity(graph, labels)
+    if batches is None: return scores
     on_batches = ["ilisi", "kbet_all_cells"] + ([] if labels is None else ["asw_batch", "kbet_per_label"])
-    n_batches = 0 if batches is None else len(np.unique(batches))
-    if n_batches < 2:
+    if (n_batches := len(np.unique(batches))) < 2:
         warnings.warn(f"batch metrics need at least 2 batches, got {n_batches}: {', '.join(on_batches)} are NaN")
         return scores | dict.fromkeys(on_batches, np.nan)
     if labels is not None:
@@ -501,7 +503,7 @@ def evaluate(
     adata: ad.AnnData,  # cells to score (the protocol passes the test split)
     embedding: str = "X_gmvae",  # `obsm` key of the embedding
     label_key: str | None = "cell_type",  # `obs` column of the cell types (None: the metrics that need none)
-    batch_key: str | None = "batch",  # `obs` column of the batches (None: no batch metrics)
+    batch_key: str | None = "batch",  # `obs` column of the batches (None: one sample, the metrics that need batches left out)
     cluster_key: str | None = "gmvae_cluster",  # `obs` column of the model's own clusters, scored when present
     n_neighbors: int = 90,  # neighbours searched per cell, at most cells − 1 (iLISI uses them all, kBET 50, Leiden and graph connectivity 15)
     seed: int = 0,  # seed of Leiden, k-means and the kBET eigensolver
@@ -527,8 +529,8 @@ def evaluate(
             scores |= (_bio_metrics(coordinates, neighbors, labels, batches, seed, timings)
                        | _own_cluster_scores(adata, cluster_key, labels))
         scores |= _batch_metrics(coordinates, neighbors, labels, batches, seed, timings)
-    return {key: scores[key] if METRICS[key].kind == "info" else float(scores[key])
-            for key in METRICS if labels is not None or not METRICS[key].needs_labels}
+    return {key: scores[key] if METRICS[key].kind == "info" else float(scores[key]) for key, metric in METRICS.items()
+            if (labels is not None or not metric.needs_labels) and (batches is not None or not metric.needs_batches)}
 
 # %% ../nbs/08_metrics.ipynb #f90b74ab
 def pca_baseline(

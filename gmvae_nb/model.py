@@ -205,6 +205,7 @@ def fit(self: GMVAE,
         resume: bool = False,             # continue the run checkpointed in `checkpoint_dir` up to `max_epochs`
         init_mixture: str | None = None,  # "gmm": after `init_epochs` epochs, restart the mixture from a Gaussian mixture on x
         init_epochs: int = 60,            # epochs trained before `init_mixture` fits its Gaussian mixture
+        on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
     config = TrainConfig(**(SETTINGS[self.settings]["training"] | kwargs))
@@ -234,12 +235,13 @@ def fit(self: GMVAE,
         if init_mixture:
             before = fit_module(self.module, counts, codes, train, validation,
                                 replace(config, max_epochs=int(init_epochs), early_stopping=False), device=device,
-                                seed=seed, progress=progress, label=label + "before the mixture's initialisation, ")
+                                seed=seed, progress=progress, label=label + "before the mixture's initialisation, ",
+                                on_epoch=on_epoch)
             self.module.set_mixture(*self._mixture_from_embedding(train, seed))
         history = fit_module(self.module, counts, codes, train, validation, config, device=device,
                              seed=seed + len(self.history) + (len(before) if init_mixture else 0), progress=progress,
                              checkpoint_dir=checkpoint_dir, label=label, checkpoint_every=checkpoint_every, resume=resume,
-                             identity=identity)
+                             identity=identity, on_epoch=on_epoch)
         if init_mixture: history = continued_history(before, history)
         if n_init > 1: scores.append(final_neg_elbo(history))  # a single run needs no score
         if best is None or scores[-1] < scores[best[0]]: best = (restart, history, self.module)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
 import traceback
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from itertools import combinations
@@ -35,8 +37,8 @@ with optional_dependencies("sweep"):
 # %% auto #0
 __all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'VALIDATION_FRACTION', 'Run', 'plan_runs',
            'write_json_atomic', 'run_status', 'RunKernelManager', 'execute_notebook_in', 'execute_run',
-           'canonical_counts', 'check_split', 'prepare_data', 'sweep', 'collect', 'summarize', 'cluster_stability',
-           'elbo_by_k', 'recommend_k']
+           'canonical_counts', 'check_split', 'prepare_data', 'training_progress', 'sweep', 'collect', 'summarize',
+           'cluster_stability', 'elbo_by_k', 'recommend_k']
 
 # %% ../nbs/09_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
@@ -101,7 +103,7 @@ def execute_run(run_dir: str | Path, parameters: dict, notebook: str | Path = RU
     "Execute `notebook` with `parameters` (plus `out=run_dir`) into `run_dir/run.ipynb`; returns the run's status and duration."
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("error.txt", "metrics.json"): (run_dir / stale).unlink(missing_ok=True)
+    for stale in ("error.txt", "metrics.json", "progress.json"): (run_dir / stale).unlink(missing_ok=True)
     start = time.perf_counter()
     try:
         execute_notebook_in(run_dir, notebook, run_dir / "run.ipynb", parameters={**parameters, "out": str(run_dir)},
@@ -201,37 +203,58 @@ def prepare_data(
         from gmvae_nb.simulate import simulate
         data = simulate(source.removeprefix("preset:"), seed=split_seed)
     adata = canonical_counts(data, layer=layer, batch_key=batch_key, label_key=label_key)
-    if n_top_genes: adata = select_genes(adata, n_top=n_top_genes)
+    if n_top_genes: adata = select_genes(adata, n_top_genes=n_top_genes)
     split(adata, fractions=(1 - VALIDATION_FRACTION - test_fraction, VALIDATION_FRACTION, test_fraction), seed=split_seed)
     check_split(adata, test_fraction, label_key)
     adata.uns["sweep_data"] = {"recipe": json.dumps(recipe), "labelled": LABEL_KEY in adata.obs}
     return write_h5ad(adata, path)
 
+# %% ../nbs/09_sweep.ipynb #d6905741
+def training_progress(run_dirs: Iterable[str | Path]) -> str:
+    "'RUN epoch/max_epochs' for each of `run_dirs` whose training has written RUN/progress.json, in the order given."
+    shown = []
+    for run_dir in map(Path, run_dirs):
+        try: progress = json.loads((run_dir / "progress.json").read_text())
+        except FileNotFoundError: continue  # still loading its data, or not started
+        shown.append(f"{run_dir.name} {progress['epoch']}/{progress['max_epochs']}")
+    return ", ".join(shown)
+
 # %% ../nbs/09_sweep.ipynb #276a3c94
-def _as_finished(finished, total: int) -> list[dict]:
-    "The results of the futures `finished` yields as they finish: a bar of runs, and a line per finished run above it."
-    results = []
-    with tqdm(total=total, desc="runs", unit="run") as bar:
-        for future in finished:
-            result = future.result()
-            where = f"; its error is in runs/{result['run']}/error.txt" if result["status"] == "failed" else ""
-            bar.write(f"{result['run']}: {result['status']} in {result['seconds']:.0f} s{where}")
-            bar.update()
-            results.append(result)
+def _as_finished(finished, run_dirs: list[Path], every: float = 2.0) -> list[dict]:
+    "The results of the futures `finished` yields as they finish: a bar of runs that shows, every `every` seconds, the epoch each running run has reached, and a line per finished run above it."
+    results, running, lock, stop = [], {d.name: d for d in run_dirs}, threading.Lock(), threading.Event()
+    with tqdm(total=len(run_dirs), desc="runs", unit="run") as bar:
+        def show_progress():
+            while not stop.wait(every):
+                with lock: shown = training_progress(running.values())
+                bar.set_postfix_str(shown)
+        watcher = threading.Thread(target=show_progress, daemon=True)
+        watcher.start()
+        try:
+            for future in finished:
+                result = future.result()
+                with lock: running.pop(result["run"], None)
+                where = f"; its error is in runs/{result['run']}/error.txt" if result["status"] == "failed" else ""
+                bar.write(f"{result['run']}: {result['status']} in {result['seconds']:.0f} s{where}")
+                bar.update()
+                results.append(result)
+        finally:
+            stop.set()
+            watcher.join()
     return results
 
 
 def _local(jobs: list[tuple[Path, dict]], workers: int, notebook, kernel_name) -> list[dict]:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(execute_run, d, p, notebook, kernel_name) for d, p in jobs]
-        return _as_finished(as_completed(futures), len(futures))
+        return _as_finished(as_completed(futures), [d for d, _ in jobs])
 
 
 def _distributed(jobs: list[tuple[Path, dict]], scheduler: str, notebook, kernel_name) -> list[dict]:
     with optional_dependencies("dask"): from distributed import Client, as_completed as completed
     with Client(scheduler) as client:
         futures = [client.submit(execute_run, d, p, notebook, kernel_name, pure=False) for d, p in jobs]
-        return _as_finished(completed(futures), len(futures))
+        return _as_finished(completed(futures), [d for d, _ in jobs])
 
 
 def sweep(data: str | Path, Ks=BLOG_GRID, repeats: int = 6, out: str | Path = "sweeps/default",

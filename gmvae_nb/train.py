@@ -18,7 +18,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -516,6 +516,7 @@ def fit_module(module: nn.Module,
                checkpoint_every: int = 1,                # epochs between checkpoints (one is also written after the last epoch)
                resume: bool = False,                     # continue from the checkpoint in `checkpoint_dir` (none there: start afresh)
                identity: dict | None = None,             # what else a checkpoint must match to be resumed (e.g. genes); saved in it
+               on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs
               ) -> pd.DataFrame:
     "Train `module` in place on the rows `train_indices` of `counts` and leave it in eval mode; returns the per-epoch history. Under `torchrun`, the processes train together."
     config = config or TrainConfig()
@@ -576,6 +577,7 @@ def fit_module(module: nn.Module,
                 row["seconds"] = time.perf_counter() - started
                 run["history"].append(row)
                 bar.set_postfix(_postfix(row))
+                if on_epoch is not None and rank == 0: on_epoch(row | {"max_epochs": config.max_epochs})
                 if validation is None: run["best_epoch"] = epoch
                 elif row["validation_neg_elbo"] < run["best"] - config.min_delta:
                     run.update(best=row["validation_neg_elbo"], best_epoch=epoch, waited=0)

@@ -113,19 +113,21 @@ def test_cli_fit_keeps_the_users_x_umap_uns_and_cells(tmp_path):
 
 
 def test_cli_fit_with_counts_in_x_reads_them_back_from_x(tmp_path):
-    "--layer X: the saved model reads the counts from X, as the written file holds them."
+    "--layer X: the saved model reads the counts from X, as the written file holds them; --init-mixture reaches fit."
     adata = simulate("default", n_cells=200, n_genes=60, n_types=3, n_batches=2, seed=0)
     adata.X, adata.layers = adata.layers["counts"].copy(), {}
     adata.obsm["X_umap"] = np.zeros((adata.n_obs, 2))
     data = write_h5ad(adata, tmp_path / "data.h5ad")
     cli = str(Path(sys.executable).with_name("gmvae-nb"))
     done = subprocess.run([cli, "fit", str(data), "--layer", "X", "-K", "2", "--epochs", "1", "-M", "1",
-                           "--out", str(tmp_path / "run"), "--quiet"], capture_output=True, text=True)
+                           "--init-mixture", "gmm", "--init-epochs", "2", "--out", str(tmp_path / "run"), "--quiet"],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     written = ad.read_h5ad(tmp_path / "run" / "adata.h5ad")
     assert list(written.layers) == [] and "X_umap" in written.obsm and "layer" not in written.uns["gmvae"]["params"]
-    np.testing.assert_array_equal(GMVAE.load(tmp_path / "run" / "model", written, device="cpu").get_latent(written.copy()),
-                                  written.obsm["X_gmvae"])
+    model = GMVAE.load(tmp_path / "run" / "model", written, device="cpu")
+    np.testing.assert_array_equal(model.get_latent(written.copy()), written.obsm["X_gmvae"])
+    assert (model.train_config["init_mixture"], model.train_config["init_epochs"], len(model.history)) == ("gmm", 2, 3)
 
 
 def test_load_counts_x_takes_log1p_in_place():

@@ -291,8 +291,8 @@ def cite(shared_data):
     return load_counts(shared_data / "openproblems_bmmc_cite_starter.output_rna.h5ad")
 
 
-def test_select_genes_picks_n_top(cite):
-    hvg = select_genes(cite, n_top=300)
+def test_select_genes_picks_n_top_genes(cite):
+    hvg = select_genes(cite, n_top_genes=300)
     assert hvg.shape == (600, 300) and cite.shape == (600, 1000)
     assert "highly_variable" not in cite.var  # subset=True leaves the input alone
     assert hvg.var["highly_variable"].all() and hvg.var["highly_variable_nbatches"].max() == 2
@@ -302,20 +302,20 @@ def test_select_genes_picks_n_top(cite):
 
 
 def test_select_genes_without_subsetting(cite):
-    annotated = select_genes(cite.copy(), n_top=100, batch_key=None, subset=False)
+    annotated = select_genes(cite.copy(), n_top_genes=100, batch_key=None, subset=False)
     assert annotated.shape == (600, 1000) and annotated.var["highly_variable"].sum() == 100
     assert "highly_variable_nbatches" not in annotated.var
 
 
 def test_select_genes_errors(cite):
-    with pytest.raises(ValueError, match=re.escape("n_top must be between 1 and the number of genes (1,000), not 5,000")):
-        select_genes(cite, n_top=5000)
+    with pytest.raises(ValueError, match=re.escape("n_top_genes must be between 1 and the number of genes (1,000), not 5,000")):
+        select_genes(cite, n_top_genes=5000)
     with pytest.raises(ValueError, match="not 0"):
-        select_genes(cite, n_top=0)
+        select_genes(cite, n_top_genes=0)
     with pytest.raises(KeyError, match="obs has no batch column 'site'"):
-        select_genes(cite, n_top=100, batch_key="site")
+        select_genes(cite, n_top_genes=100, batch_key="site")
     with pytest.raises(KeyError, match="has no layer 'raw'"):
-        select_genes(cite, n_top=100, layer="raw")
+        select_genes(cite, n_top_genes=100, layer="raw")
 
 
 # train / validation / test

@@ -68,7 +68,7 @@ errors = {}
 for module in ("gmvae_nb.metrics", "gmvae_nb.sweep", "gmvae_nb.report"):
     try: importlib.import_module(module)
     except ModuleNotFoundError as e: errors[module] = str(e)
-try: select_genes(adata, n_top=10)
+try: select_genes(adata, n_top_genes=10)
 except ModuleNotFoundError as e: errors["select_genes"] = str(e)
 print(json.dumps({"errors": errors, "loaded": sorted(m for m, module in sys.modules.items()
                                                     if module is not None and m.partition(".")[0] in BLOCKED)}))

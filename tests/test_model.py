@@ -310,7 +310,7 @@ def test_two_technologies_are_mixed_and_the_groups_kept_with_defaults():
     if not CELLBENCH.is_file(): pytest.skip(f"{CELLBENCH} is not here")
     from gmvae_nb.data import select_genes
     from gmvae_nb.metrics import exact_neighbors, ilisi, knn_connectivities, leiden_scores, pca_baseline
-    adata = split(select_genes(load_counts(CELLBENCH), n_top=2000), seed=0)
+    adata = split(select_genes(load_counts(CELLBENCH), n_top_genes=2000), seed=0)
     model = GMVAE(adata, n_clusters=7, seed=0).fit(progress=False, device="cpu")
     labels, batches = adata.obs["cell_type"].astype(str).to_numpy(), adata.obs["batch"].astype(str).to_numpy()
     own_ari = adjusted_rand_score(labels, model.predict())

@@ -2,6 +2,7 @@
 killed and resumed, and the same runs on a Dask LocalCluster."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def test_two_by_two_sweep_through_papermill(tiny_data, tmp_path):
         assert (folder / "run.ipynb").exists()  # the executed notebook is kept
         history = pd.read_csv(folder / "history.csv")
         assert len(history) == 2
+        assert json.loads((folder / "progress.json").read_text()) == {"epoch": 2, "max_epochs": 2}  # what the bar showed
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["n_clusters"] == int(run[1:4]) and metrics["seed"] == int(run[-1])
         cells = pd.read_csv(folder / "test_cells.csv", index_col=0)  # the scored cells, one row each
@@ -189,3 +191,19 @@ def test_data_too_small_to_score_fail_before_any_training(tmp_path):
     assert ("the test split has 14 of the 150 cells, too few to score: the metrics need at least 16; "
             "pass a larger --test-fraction (now --test-fraction 0.1) or more cells") in result.stderr
     assert not out.exists()  # nothing prepared, no run started
+
+
+def test_one_sample_without_batches_or_labels_sweeps_and_reports_without_batch_scores(tmp_path):
+    "--batch-key none: one batch, so no key of the metrics that need batches (not NaN), and the report says why."
+    out = tmp_path / "sweep"
+    data = their_data(tmp_path / "theirs.h5ad", 400)
+    result = subprocess.run(sweep_cli(data, out, "-K", 2, "--repeats", 1, "--layer", "X", "--batch-key", "none"),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "runs" / "K002_seed0" / "metrics.json").read_text())
+    assert set(metrics) & set(METRICS) == {"n_neighbors"}  # neither labels nor batches: only the neighbour count
+    assert all(np.isfinite(value) for value in metrics.values() if isinstance(value, float))
+    report = subprocess.run([CLI, "report", str(out), "--renderer", "nbconvert"], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (out / "report.html").read_text()
+    assert "The data are one batch" in html and "nan" not in re.sub(r"<[^>]+>", " ", html).split()

@@ -1,10 +1,12 @@
-"""fit(init_mixture="gmm") against the defaults: the model's own clusters against the labels, K = the number of groups.
+"""The model's own clusters against the labels, K = the number of groups, for settings that a default could take:
+`GMVAE(adata, n_clusters=K, seed=s, **model).fit(**training)` for each variant of `VARIANTS`.
 
 Runs every (data set, seed, variant) in its own process, `--workers` at a time with `--threads` each, and prints one
-JSON line per run and a table of medians. Recovery uses data seed = model seed (ten of them, as in
-`benchmarks/quality.py`); the other sets use data seed 0 and model seeds `--seeds`.
+JSON line per run and a table of medians. Recovery uses data seed = model seed (`--recovery-seeds`, as in
+`benchmarks/quality.py`); the other sets use data seed 0 and model seeds `--seeds`. `--prepared DIR` reads each data
+set from DIR/NAME_SEED.h5ad, as `quality.load` makes it (for a machine without scanpy or ../shared).
 
-    .venv/bin/python benchmarks/mixture_init.py --workers 1 --threads 2 --seeds 0 1 2 3 4
+    .venv/bin/python benchmarks/own_clusters.py --variants default gmm --workers 1 --threads 2 --seeds 0 1 2 3 4
 """
 import argparse
 import json
@@ -14,22 +16,32 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-VARIANTS = {"default": {}, "gmm": dict(init_mixture="gmm")}
+VARIANTS = {  # name -> (GMVAE's settings, fit's settings)
+    "default": ({}, {}),
+    "gmm": ({}, dict(init_mixture="gmm")),  # the mixture restarted from a Gaussian mixture on x after 60 epochs
+    "learn_pi": (dict(learn_pi=True), {}),  # π learned: components the data do not need can empty
+    "gmm_learn_pi": (dict(learn_pi=True), dict(init_mixture="gmm")),
+}
 
 
-def one(name: str, data_seed: int, seed: int, variant: str, threads: int, device: str) -> dict:
+def one(name: str, data_seed: int, seed: int, variant: str, threads: int, device: str, prepared: str | None) -> dict:
     "Fit one model; its own clusters' ARI and NMI against the labels, clusters used, and k-means on x for comparison."
     import numpy as np
     import torch
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
     from gmvae_nb.model import GMVAE
-    from quality import load
     torch.set_num_threads(threads)
-    adata = load(name, data_seed)
+    if prepared:
+        import anndata as ad
+        adata = ad.read_h5ad(Path(prepared) / f"{name}_{data_seed}.h5ad")
+    else:
+        from quality import load
+        adata = load(name, data_seed)
     labels, K = adata.obs["cell_type"].to_numpy(), adata.obs["cell_type"].nunique()
     started = time.perf_counter()
-    model = GMVAE(adata, n_clusters=K, seed=seed).fit(progress=False, device=device, **VARIANTS[variant])
+    settings, training = VARIANTS[variant]
+    model = GMVAE(adata, n_clusters=K, seed=seed, **settings).fit(progress=False, device=device, **training)
     seconds = time.perf_counter() - started
     clusters, x = model.predict(), model.get_latent()
     return dict(data=name, data_seed=data_seed, seed=seed, variant=variant, K=K, seconds=round(seconds, 1),
@@ -43,13 +55,15 @@ if __name__ == "__main__":
     parser.add_argument("--datasets", nargs="+", default=["recovery", "cellbench", "cite", "multiome", "default"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--recovery-seeds", nargs="+", type=int, default=list(range(10)))
+    parser.add_argument("--prepared", default=None, help="read NAME_SEED.h5ad files from this folder")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    jobs = [(name, s if name == "recovery" else 0, s, variant, args.threads, args.device)
+    jobs = [(name, s if name == "recovery" else 0, s, variant, args.threads, args.device, args.prepared)
             for variant in args.variants for name in args.datasets
-            for s in (range(10) if name == "recovery" else args.seeds)]
+            for s in (args.recovery_seeds if name == "recovery" else args.seeds)]
     rows = []
     with ProcessPoolExecutor(args.workers) as pool:
         for future in as_completed([pool.submit(one, *job) for job in jobs]):
