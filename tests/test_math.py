@@ -343,7 +343,7 @@ def test_forward_shapes_and_state():
 
 
 def test_blog_preset_matches_design_and_defaults_are_the_documented_ones():
-    "The preset settings='blog' is DESIGN §4's architecture; the defaults are the package's (nbs/04_modules.ipynb)."
+    "The preset settings='blog' is DESIGN §4's architecture; the defaults are the package's (nbs/05_modules.ipynb)."
     from gmvae_nb.model import SETTINGS
     linear = lambda seq: [(m.in_features, m.out_features) for m in seq.modules() if isinstance(m, torch.nn.Linear)]
     blog = GMVAEModule(n_genes=2000, n_batches=4, **SETTINGS["blog"]["module"])
