@@ -23,7 +23,8 @@ from anndata.io import read_elem, sparse_dataset
 from .files import atomic_path
 
 # %% auto #0
-__all__ = ['SPLITS', 'check_counts', 'count_matrix', 'load_counts', 'optional_dependencies', 'select_genes', 'split',
+__all__ = ['SPLITS', 'check_counts', 'check_cells_have_batches', 'check_obs_columns', 'check_unique_genes',
+           'as_string_categories', 'count_matrix', 'load_counts', 'optional_dependencies', 'select_genes', 'split',
            'write_h5ad']
 
 # %% ../nbs/01_data.ipynb #13dd5fa0
@@ -165,7 +166,7 @@ def check_counts(
             library += totals
     return library
 
-# %% ../nbs/01_data.ipynb #804b4a6d
+# %% ../nbs/01_data.ipynb #27ab09df
 def _obs_column(obs: pd.DataFrame, key: str, role: str, hint: str = "") -> pd.Series:
     "The `obs` column `key`, or a KeyError naming the columns that exist."
     if key not in obs.columns:
@@ -173,24 +174,31 @@ def _obs_column(obs: pd.DataFrame, key: str, role: str, hint: str = "") -> pd.Se
     return obs[key]
 
 
-def _check_no_missing_batch(batches: pd.Series, batch_key: str):
-    "Fail if a cell has no value in `batches`, the obs column `batch_key`."
+def check_cells_have_batches(
+    batches: pd.Series,  # each cell's batch: the obs column `batch_key`
+    batch_key: str,  # the column's name, for the error message
+):
+    "Fail if a cell has no value in `batches`, the obs column `batch_key`: every cell needs a batch."
     missing = batches.isna().to_numpy()
     if missing.any():
         raise ValueError(f"obs['{batch_key}'] has no value for {missing.sum():,} of {len(batches):,} cells "
                          f"(e.g. {batches.index[missing][:3].tolist()}); every cell needs a batch: fill them in or drop those cells.")
 
-
-def _check_obs(obs: pd.DataFrame, batch_key: str | None, label_key: str | None):
+# %% ../nbs/01_data.ipynb #3c23e4f6
+def check_obs_columns(
+    obs: pd.DataFrame,  # the cells' metadata
+    batch_key: str | None,  # column of the batches; None: the cells are one batch
+    label_key: str | None,  # column of the cell-type labels; None: unlabelled
+):
     "Check that the batch (and label) columns exist and that every cell has a batch (one batch, no column, for `batch_key=None`)."
     if batch_key is not None:
         batches = _obs_column(obs, batch_key, "batch", " Pass batch_key=<column> naming the batches, or batch_key=None for a single batch.")
     if label_key is not None:
         _obs_column(obs, label_key, "label", " Pass label_key=<column>, or label_key=None for unlabelled data.")
     if batch_key is not None:  # the columns first, then their values
-        _check_no_missing_batch(batches, batch_key)
+        check_cells_have_batches(batches, batch_key)
 
-
+# %% ../nbs/01_data.ipynb #a30b6d3c
 def _feature_indices(var: pd.DataFrame, feature_type: str | None) -> np.ndarray:
     "Indices of the features of `feature_type` (all features without a `feature_types` column or for None)."
     if feature_type is None or "feature_types" not in var.columns:
@@ -201,8 +209,10 @@ def _feature_indices(var: pd.DataFrame, feature_type: str | None) -> np.ndarray:
         raise ValueError(f"feature_type='{feature_type}' selects no features; var['feature_types'] holds {available}.")
     return kept
 
-
-def _check_unique(var_names: pd.Index):
+# %% ../nbs/01_data.ipynb #c535961c
+def check_unique_genes(
+    var_names: pd.Index,  # the gene names
+):
     "Fail on gene names that occur more than once."
     repeated = var_names[var_names.duplicated()].unique()
     if len(repeated):
@@ -238,6 +248,15 @@ def _counts_anndata(counts: sp.spmatrix, obs: pd.DataFrame, var: pd.DataFrame, u
     counts = sp.csr_matrix((counts.data, counts.indices, counts.indptr), shape=counts.shape)
     return ad.AnnData(X=_values_copy(counts), obs=obs, var=var, uns=dict(uns), layers={"counts": counts})
 
+# %% ../nbs/01_data.ipynb #6dda752a
+def as_string_categories(
+    values: pd.Series,  # an obs column: any dtype, categorical or not
+) -> pd.Categorical:  # the values with string categories
+    "`values` as a categorical with string categories, missing values kept missing, unused categories dropped."
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.cat.rename_categories(str).cat.remove_unused_categories().array
+    return pd.Categorical(values.map(str, na_action="ignore"))
+
 # %% ../nbs/01_data.ipynb #81eaa8d7
 def _pick_matrix(X, layers: Mapping, layer: str | None, origin: str):
     "The matrix `layer` names (`X` for None), or a KeyError listing the layers."
@@ -259,22 +278,15 @@ def count_matrix(adata: ad.AnnData, layer: str | None = "counts"):
     return matrix
 
 
-def _as_categories(values: pd.Series) -> pd.Categorical:
-    "`values` as a categorical with string categories, missing values kept missing, unused categories dropped."
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        return values.cat.rename_categories(str).cat.remove_unused_categories().array
-    return pd.Categorical(values.map(str, na_action="ignore"))
-
-
 def _load(matrix, obs: pd.DataFrame, var: pd.DataFrame, layer_names: list[str], *, source: str, layer: str | None,
           batch_key: str, label_key: str | None, feature_type: str | None, empty_cells: str) -> ad.AnnData:
     "Check `obs`, `var` and the counts in `matrix`, and build the result of `load_counts`."
     where = "X" if layer is None else f"layers['{layer}']"
     if not len(obs) or not len(var):
         raise ValueError(f"{source} holds no data: {len(obs):,} cells × {len(var):,} features.")
-    _check_obs(obs, batch_key, label_key)
+    check_obs_columns(obs, batch_key, label_key)
     genes = _feature_indices(var, feature_type)
-    _check_unique(var.index[genes])
+    check_unique_genes(var.index[genes])
     advice = f"Point `layer` at the raw counts (layers: {layer_names}; layer=None reads X)."
     counts = _read_counts(matrix, genes, obs.index, var.index[genes], where, advice)
     keep = _nonempty_cells(counts, obs.index, where, empty_cells)
@@ -283,7 +295,7 @@ def _load(matrix, obs: pd.DataFrame, var: pd.DataFrame, layer_names: list[str], 
     obs = obs.iloc[keep].copy()
     for key in (batch_key, label_key):
         if key is not None:
-            obs[key] = _as_categories(obs[key])
+            obs[key] = as_string_categories(obs[key])
     record = dict(source=source, source_layer=layer, layer="counts", batch_key=batch_key, label_key=label_key,
                   feature_type=feature_type, n_empty_cells_dropped=int((~keep).sum()))
     return _counts_anndata(counts, obs, var.iloc[genes].copy(), {"gmvae_nb": record})
@@ -389,7 +401,7 @@ def split(
     fractions = np.asarray(fractions, dtype=float)
     if fractions.shape != (3,) or not np.isfinite(fractions).all() or (fractions < 0).any() or not np.isclose(fractions.sum(), 1):
         raise ValueError(f"fractions must be three non-negative numbers (train, validation, test) that sum to 1, not {fractions.tolist()}.")
-    _check_obs(adata.obs, batch_key, None)
+    check_obs_columns(adata.obs, batch_key, None)
     batches = pd.Categorical(adata.obs[batch_key])
     rng = np.random.default_rng(seed)
     parts = np.empty(adata.n_obs, dtype=np.int8)

@@ -22,7 +22,7 @@ import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
 
-from .data import _check_no_missing_batch, _check_unique, check_counts, count_matrix
+from .data import check_cells_have_batches, check_counts, check_unique_genes, count_matrix
 from .files import atomic_path, write_json_atomic
 from .elbo import TERMS
 from .modules import GMVAEModule
@@ -52,7 +52,7 @@ def _batch_names(adata: ad.AnnData, batch_key: str | None) -> pd.Series:
     if batch_key not in adata.obs:
         raise KeyError(f"obs has no column {batch_key!r} (columns: {list(adata.obs.columns)}); pass batch_key=None for single-batch data")
     names = adata.obs[batch_key]
-    _check_no_missing_batch(names, batch_key)
+    check_cells_have_batches(names, batch_key)
     return names.astype(str)
 
 def _names_preview(names, n: int = 5) -> str:
@@ -98,7 +98,7 @@ class GMVAE:
         batches = (adata.obs[batch_key].cat.remove_unused_categories().cat.categories.astype(str)
                    if batch_key is not None and isinstance(adata.obs[batch_key].dtype, pd.CategoricalDtype)
                    else pd.Index(sorted(names.unique())))
-        _check_unique(adata.var_names)
+        check_unique_genes(adata.var_names)
         # the module checks its arguments (n_clusters ≥ 1, …) before the counts, the one check that reads all the data
         self._setup(adata, list(adata.var_names), list(batches), settings,
                     _module_arguments(settings, dict(n_clusters=n_clusters, **module_kwargs)), layer, batch_key, seed)
@@ -138,7 +138,7 @@ def _aligned_counts(self: GMVAE, adata: ad.AnnData):
     if len(missing):
         raise ValueError(f"{len(missing):,} of the model's {len(self.genes):,} genes are missing from adata.var_names: "
                          f"{_names_preview(missing)}")
-    _check_unique(adata.var_names)
+    check_unique_genes(adata.var_names)
     columns = adata.var_names.get_indexer(self.genes)
     return DiskRows(matrix, columns) if on_disk(matrix) else matrix[:, columns]
 

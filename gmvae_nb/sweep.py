@@ -122,13 +122,13 @@ def canonical_counts(
     label_key: str | None = LABEL_KEY,  # obs column of the cell types; None, or the default where it is missing: no labels
 ) -> ad.AnnData:  # counts in layers['counts'] and X; obs['batch'] and, when labelled, obs['cell_type'], nothing else
     "The counts of `source`, checked by `load_counts`, with its batches and labels under the sweep's names."
-    from gmvae_nb.data import _as_categories, _check_obs, load_counts
+    from gmvae_nb.data import as_string_categories, check_obs_columns, load_counts
     adata = load_counts(source, layer=layer, batch_key=batch_key, label_key=None)
     if label_key == LABEL_KEY and label_key not in adata.obs:
         print(f"note: obs has no {LABEL_KEY!r} column, so the sweep runs without cell-type labels and scores what "
               "needs none; name the labels' column with label_key (--label-key) to score against them")
         label_key = None
-    _check_obs(adata.obs, None, label_key)
+    check_obs_columns(adata.obs, None, label_key)
     batches = adata.obs[batch_key] if batch_key else pd.Categorical([SINGLE_BATCH] * adata.n_obs)
     obs = pd.DataFrame({"batch": batches}, index=adata.obs_names)
     if label_key is not None:
@@ -137,7 +137,7 @@ def canonical_counts(
             raise ValueError(f"obs['{label_key}'] has no label for {labels.isna().sum():,} of {adata.n_obs:,} cells "
                              f"(e.g. {labels.index[labels.isna()][:3].tolist()}); the metrics need every cell labelled: "
                              "label or drop them, or pass label_key=None to sweep without labels")
-        obs[LABEL_KEY] = _as_categories(labels)
+        obs[LABEL_KEY] = as_string_categories(labels)
     adata.obs = obs
     return adata
 
