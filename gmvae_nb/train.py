@@ -229,6 +229,7 @@ class TrainConfig:
     min_delta: float = 0.0
     grad_clip: float | None = None   # max global gradient norm; None: no clipping
     compile: bool = False            # torch.compile the module's elbo (per-cell terms)
+    reuse_heap: bool = True          # glibc keeps freed memory for the next step (`reused_heap`); GMVAE_NB_REUSE_HEAP=0 turns it off
 
     def __post_init__(self):
         for name in ("max_epochs", "batch_size", "n_samples", "patience"):
@@ -379,6 +380,7 @@ def evaluate(module: nn.Module, loader: CSRLoader, n_samples: int = 10, seed: in
 
 # %% ../nbs/06_train.ipynb #f7505f56
 CHECKPOINT_FILE = "checkpoint.pt"
+_FREE_ON_RESUME = ("max_epochs", "reuse_heap")  # settings a resumed run may change
 
 def read_checkpoint(folder: str | Path) -> dict | None:
     "The checkpoint in `folder`, or None if it has none."
@@ -419,30 +421,41 @@ def check_identity(saved: dict, current: dict, folder: str | Path):
 # %% ../nbs/06_train.ipynb #b83f20e6
 _MALLOC_ENVIRONMENT = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
                        "GLIBC_TUNABLES")
+_REUSE_HEAP_VARIABLE = "GMVAE_NB_REUSE_HEAP"  # 0 turns `reused_heap` off in the process, 1 (the default) leaves it to `enabled`
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (glibc's malloc.h)
 _GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}
 _HEAP_SETTINGS = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 2**30}
-_heap_users = 0  # nesting depth of `reused_heap`
+_heap_users = 0  # open `reused_heap` blocks that apply
 
 def _glibc() -> ctypes.CDLL | None:
     "glibc, or None on other C libraries and when the environment already tunes malloc."
     if platform.libc_ver()[0] != "glibc" or any(name in os.environ for name in _MALLOC_ENVIRONMENT): return None
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
+def _heap_reuse_allowed() -> bool:
+    "False when the environment turns `reused_heap` off (GMVAE_NB_REUSE_HEAP=0); a ValueError for a value but 0 and 1."
+    value = os.environ.get(_REUSE_HEAP_VARIABLE, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{_REUSE_HEAP_VARIABLE} must be 0 (training leaves malloc's settings alone) or 1 (the default), not {value!r}")
+    return value == "1"
+
 @contextmanager
-def reused_heap() -> Iterator[bool]:
-    "Within the block glibc serves big allocations from a heap it keeps instead of fresh zeroed pages; yields whether it applies."
+def reused_heap(enabled: bool = True) -> Iterator[bool]:
+    "Within the block glibc serves big allocations from a heap it keeps instead of fresh zeroed pages; yields whether it applies (not when `enabled` is False or GMVAE_NB_REUSE_HEAP=0)."
     global _heap_users
-    libc = _glibc()
-    if libc is not None and _heap_users == 0:
-        for parameter, value in _HEAP_SETTINGS.items(): libc.mallopt(parameter, value)
-    _heap_users += 1
+    allowed = _heap_reuse_allowed()
+    libc = _glibc() if enabled and allowed else None
+    if libc is not None:
+        if _heap_users == 0:
+            for parameter, value in _HEAP_SETTINGS.items(): libc.mallopt(parameter, value)
+        _heap_users += 1
     try: yield libc is not None
     finally:
-        _heap_users -= 1
-        if libc is not None and _heap_users == 0:
-            for parameter, value in _GLIBC_DEFAULTS.items(): libc.mallopt(parameter, value)
-            libc.malloc_trim(0)
+        if libc is not None:
+            _heap_users -= 1
+            if _heap_users == 0:
+                for parameter, value in _GLIBC_DEFAULTS.items(): libc.mallopt(parameter, value)
+                libc.malloc_trim(0)
 
 # %% ../nbs/06_train.ipynb #72adf6b6
 def _forked_rng(device: torch.device):
@@ -536,7 +549,7 @@ def fit_module(module: nn.Module,
         identity = {**(identity or {}), "seed": seed, "cells x genes": list(train.counts.shape),
                     "train rows": rows_identity(train.indices),
                     "validation rows": rows_identity(None if validation is None else validation.indices),
-                    "settings": {k: v for k, v in asdict(config).items() if k != "max_epochs"}}
+                    "settings": {k: v for k, v in asdict(config).items() if k not in _FREE_ON_RESUME}}
         module.to(device)
         optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                      fused=device.type in ("cpu", "cuda"))  # one kernel for all parameters
@@ -558,7 +571,7 @@ def fit_module(module: nn.Module,
         bar = tqdm(total=(config.max_epochs - run["epoch"]) * len(train), disable=not progress or rank != 0,
                    unit="step", dynamic_ncols=True)
         synced = _through_ddp(module, device, config.compile) if pieces["world_size"] > 1 else nullcontext(elbo)
-        with synced as step_elbo, _forked_rng(device), reused_heap():
+        with synced as step_elbo, _forked_rng(device), reused_heap(config.reuse_heap):
             torch.manual_seed(seeds["dropout"] + rank)
             if saved is not None: _set_dropout_rng(saved["dropout_rng"], device)
             while run["epoch"] < config.max_epochs and not run["stopped_early"]:
