@@ -23,8 +23,8 @@ from fastcore.basics import patch
 from fastcore.meta import delegates
 
 from .data import check_cells_have_batches, check_counts, check_unique_genes, count_matrix
-from .files import atomic_path, write_json_atomic
 from .elbo import TERMS
+from .files import atomic_path, write_json_atomic
 from .modules import GMVAEModule
 from .train import (CSRLoader, DiskRows, Minibatch, TrainConfig, fit_module, on_disk,
                             process_rank, seed_streams, select_device)

@@ -29,9 +29,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .files import atomic_path, leftover_temporaries
 from .elbo import TERMS
 from .elbo import loss as elbo_loss
+from .files import atomic_path, leftover_temporaries
 
 # %% auto #0
 __all__ = ['SEED_STREAMS', 'READ_AHEAD', 'LOADER_THREAD', 'CHECKPOINT_FILE', 'select_device', 'seed_streams', 'Minibatch',
