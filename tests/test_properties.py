@@ -1,6 +1,6 @@
 """Property-based tests (Hypothesis) over random count matrices, extreme values included: training never produces a
-NaN loss or latent, and the count check finds exactly the invalid values, in any layout. Derandomised, so every run
-(and CI) draws the same examples."""
+NaN loss or latent, the count check finds exactly the invalid values, in any layout, and the negative binomial
+log-pmf is torch's wherever its arguments lie. Derandomised, so every run (and CI) draws the same examples."""
 import re
 
 import anndata as ad
@@ -12,8 +12,10 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from torch.distributions import NegativeBinomial
 
 from gmvae_nb.data import check_counts
+from gmvae_nb.distributions import nb_log_prob
 from gmvae_nb.model import GMVAE
 
 TINY = dict(n_x=4, n_w=3, encoder_hidden=(16,), decoder_hidden=(16,), beta_hidden=(8,))
@@ -72,3 +74,14 @@ def test_count_check_finds_exactly_the_bad_values(counts, problem, data, layout,
         check_counts(LAYOUTS[layout](counts), cells, genes, block_entries=block_entries)
     found = re.search(r"but has (.*)\. $", raised.value.args[0]).group(1)
     assert found.startswith(f"{bad.sum():,} {problem}") and ";" not in found, found
+
+
+@settings(BOUNDED, max_examples=200)
+@given(y=st.integers(0, 10**6), log_mean=st.floats(-18.0, 14.0), log_theta=st.floats(-9.0, 9.0))
+def test_nb_log_prob_is_torchs_negative_binomial(y, log_mean, log_theta):
+    "Counts up to 10⁶, means from 10⁻⁸ to 10⁶ and dispersions from 10⁻⁴ to 10⁴ in float64: a log-probability, and torch's."
+    y, log_mean, log_theta = (torch.tensor(float(v), dtype=torch.float64) for v in (y, log_mean, log_theta))
+    ours = nb_log_prob(y, log_mean, log_theta).item()
+    reference = NegativeBinomial(total_count=log_theta.exp(), logits=log_mean - log_theta).log_prob(y).item()
+    assert ours <= 1e-12  # the log of a probability of a discrete distribution
+    assert ours == pytest.approx(reference, rel=1e-9, abs=1e-9)
