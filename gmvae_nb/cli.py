@@ -109,7 +109,7 @@ def fit_command(args: argparse.Namespace) -> Path:
     "Fit a GMVAE to `args.data`; write the model to `OUT/model/` and the annotated data to `OUT/adata.h5ad` (from rank 0 under `torchrun`)."
     from gmvae_nb.data import load_counts, write_h5ad
     from gmvae_nb.model import GMVAE
-    from gmvae_nb.train import process_rank, select_device
+    from gmvae_nb.distributed import process_rank, select_device
     settings = given(args, TRAIN_OPTIONS) | given(args, FIT_OPTIONS)
     if "device" in settings:
         try: select_device(settings["device"])

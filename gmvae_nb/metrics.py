@@ -1,4 +1,4 @@
-"""Score an embedding against cell types and batches with the field's metrics (scib-metrics, no R), name the variant behind every number, and compute the baselines — unintegrated PCA and scVI — on the same cells.
+"""Score an embedding against cell types and batches with the field's metrics (scib-metrics, no R), and name the variant behind every number.
 
 Docs: https://gmvae-nb.github.io/gmvae-nb/metrics.html.md"""
 
@@ -23,11 +23,10 @@ from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import eigsh
 from scipy.stats import chi2
 
-from .data import count_matrix, optional_dependencies
+from .data import optional_dependencies
 
 with optional_dependencies("metrics"):
     import igraph
-    import scanpy as sc
     import scib_metrics
     from scib_metrics.nearest_neighbors import NeighborsResults
     from sklearn.cluster import KMeans
@@ -39,7 +38,7 @@ with optional_dependencies("metrics"):
 __all__ = ['GRAPH_NEIGHBORS', 'KBET_NEIGHBORS', 'MIN_CELLS', 'LEIDEN_RESOLUTIONS', 'METRICS', 'toy_embedding', 'exact_neighbors',
            'knn_connectivities', 'scaled_silhouettes', 'isolated_labels', 'isolated_label_asw', 'leiden_scores',
            'kmeans_scores', 'batch_asw', 'kbet_acceptance', 'kbet_per_label', 'ilisi', 'kbet_all_cells', 'Metric',
-           'evaluate', 'pca_baseline', 'scvi_baseline']
+           'evaluate']
 
 # %% ../nbs/09_metrics.ipynb #c81e4f13
 def toy_embedding(
@@ -531,45 +530,3 @@ def evaluate(
         scores |= _batch_metrics(coordinates, neighbors, labels, batches, seed, timings)
     return {key: scores[key] if METRICS[key].kind == "info" else float(scores[key]) for key, metric in METRICS.items()
             if (labels is not None or not metric.needs_labels) and (batches is not None or not metric.needs_batches)}
-
-# %% ../nbs/09_metrics.ipynb #f90b74ab
-def pca_baseline(
-    adata: ad.AnnData,  # cells × genes with raw counts
-    layer: str | None = "counts",  # layer of the counts (None: `adata.X`)
-    n_comps: int = 50,  # principal components kept
-    key: str = "X_pca_unintegrated",  # `obsm` key written
-    seed: int = 0,  # seed of the ARPACK start vector
-    target_sum: float = 1e4,  # counts per cell after normalisation
-) -> np.ndarray:  # cells × n_comps, also written to `adata.obsm[key]`
-    "Unintegrated baseline: PCA of log-normalised counts (normalised on a copy; the counts are left untouched)."
-    counts = count_matrix(adata, layer)
-    if n_comps >= min(adata.shape):
-        raise ValueError(f"n_comps={n_comps} must be smaller than both the {adata.n_obs} cells and {adata.n_vars} genes")
-    normalised = ad.AnnData(X=sp.csr_matrix(counts, dtype=np.float32, copy=True))
-    sc.pp.normalize_total(normalised, target_sum=target_sum)
-    sc.pp.log1p(normalised)
-    sc.pp.pca(normalised, n_comps=n_comps, svd_solver="arpack", random_state=seed)
-    adata.obsm[key] = normalised.obsm["X_pca"]
-    return adata.obsm[key]
-
-# %% ../nbs/09_metrics.ipynb #bf0881db
-def scvi_baseline(
-    adata: ad.AnnData,  # cells × genes with raw counts
-    layer: str | None = "counts",  # layer of the counts (None: `adata.X`)
-    batch_key: str | None = "batch",  # `obs` column of the batches scVI corrects for
-    n_latent: int = 10,  # dimension of scVI's latent space
-    max_epochs: int | None = None,  # training epochs (None: scvi-tools' default for the data size)
-    key: str = "X_scVI",  # `obsm` key written
-    seed: int = 0,  # `scvi.settings.seed`
-    **train_kwargs,  # passed on to `scvi.model.SCVI.train`
-) -> np.ndarray:  # cells × n_latent, also written to `adata.obsm[key]`
-    "Batch-corrected baseline: the latent mean of scVI (needs the optional extra `scvi-tools`)."
-    with optional_dependencies("scvi"): import scvi
-    scvi.settings.seed = seed
-    view = ad.AnnData(obs=adata.obs[[batch_key]] if batch_key else pd.DataFrame(index=adata.obs_names),
-                      var=pd.DataFrame(index=adata.var_names), layers={"counts": count_matrix(adata, layer)})
-    scvi.model.SCVI.setup_anndata(view, layer="counts", batch_key=batch_key)
-    model = scvi.model.SCVI(view, n_latent=n_latent)
-    model.train(max_epochs=max_epochs, **train_kwargs)
-    adata.obsm[key] = model.get_latent_representation()
-    return adata.obsm[key]

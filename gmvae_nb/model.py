@@ -23,11 +23,12 @@ from fastcore.basics import patch
 from fastcore.meta import delegates
 
 from .data import check_cells_have_batches, check_counts, check_unique_genes, count_matrix
+from .distributed import process_rank, select_device
 from .elbo import TERMS
 from .files import atomic_path, write_json_atomic
+from .loaders import CSRLoader, DiskRows, Minibatch, on_disk
 from .modules import GMVAEModule
-from .train import (CSRLoader, DiskRows, Minibatch, TrainConfig, fit_module, on_disk,
-                            process_rank, seed_streams, select_device)
+from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'GMVAE', 'continued_history', 'restart_seed', 'final_neg_elbo']

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import math
 import os
 import platform
@@ -18,46 +17,25 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .checkpoints import (_FREE_ON_RESUME, _read_on_rank_0, _set_dropout_rng, _write_checkpoint, check_identity,
+                                  rows_identity)
+from .distributed import (ShardedLoader, _sum_over_pieces, _through_ddp, process_group, process_rank,
+                                  select_device, world_size)
 from .elbo import TERMS
 from .elbo import loss as elbo_loss
-from .files import atomic_path, leftover_temporaries
+from .loaders import CSRLoader, Minibatch
 
 # %% auto #0
-__all__ = ['SEED_STREAMS', 'READ_AHEAD', 'LOADER_THREAD', 'CHECKPOINT_FILE', 'select_device', 'seed_streams', 'Minibatch',
-           'on_disk', 'DiskRows', 'CSRLoader', 'default_max_epochs', 'TrainConfig', 'check_finite', 'process_rank',
-           'world_size', 'process_group', 'ShardedLoader', 'minibatch_terms', 'train_epoch', 'evaluate',
-           'read_checkpoint', 'rows_identity', 'check_identity', 'reused_heap', 'fit_module']
-
-# %% ../nbs/06_train.ipynb #6c73edf3
-def _mps_available() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-def select_device(device: str | torch.device = "auto") -> torch.device:
-    "The torch device for `device` in `auto|cpu|cuda|mps` (or an indexed one like `cuda:1`); `auto` picks CUDA, then MPS, else the CPU."
-    name = str(device)
-    if name == "auto":
-        if torch.cuda.is_available(): return torch.device("cuda")
-        if _mps_available(): return torch.device("mps")
-        return torch.device("cpu")
-    kind = name.split(":")[0]
-    if kind not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {name!r}")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; use 'auto' or 'cpu'")
-    if kind == "mps" and not _mps_available():
-        raise RuntimeError(f"device={name!r} asked for, but MPS is not available here; use 'auto' or 'cpu'")
-    return torch.device(name)
+__all__ = ['SEED_STREAMS', 'seed_streams', 'default_max_epochs', 'TrainConfig', 'check_finite', 'minibatch_terms', 'train_epoch',
+           'evaluate', 'reused_heap', 'fit_module']
 
 # %% ../nbs/06_train.ipynb #ab501d4b
 SEED_STREAMS = ("shuffle", "samples", "dropout", "validation", "inference")
@@ -66,146 +44,6 @@ def seed_streams(seed: int) -> dict[str, int]:
     "Independent seeds, one per random stream in `SEED_STREAMS`, derived from `seed`."
     states = np.random.SeedSequence(seed).generate_state(len(SEED_STREAMS), dtype=np.uint64)
     return {name: int(s >> np.uint64(1)) for name, s in zip(SEED_STREAMS, states)}
-
-# %% ../nbs/06_train.ipynb #61f012fb
-class Minibatch(NamedTuple):
-    "Dense float32 `counts` (B, G), int64 `batch` codes (B,), (rows, cols) of the counts' `nonzero` entries, row `index` (B,)."
-    counts: torch.Tensor
-    batch: torch.Tensor
-    nonzero: tuple[torch.Tensor, torch.Tensor]
-    index: np.ndarray
-
-    def to(self, device: torch.device) -> "Minibatch":
-        "The same minibatch with its tensors on `device`."
-        move = lambda t: t.to(device, non_blocking=True)
-        return Minibatch(move(self.counts), move(self.batch), tuple(map(move, self.nonzero)), self.index)
-
-# %% ../nbs/06_train.ipynb #7dcfabe4
-import queue
-import threading
-
-import h5py
-from anndata.abc import CSCDataset, CSRDataset
-
-
-def on_disk(matrix) -> bool:
-    "Whether `matrix` lives in a file (anndata's backed sparse dataset, an HDF5 dataset, `DiskRows`) rather than in memory."
-    return isinstance(matrix, (DiskRows, CSRDataset, CSCDataset, h5py.Dataset))
-
-
-class DiskRows:
-    "Rows of a cells × genes matrix in an HDF5 file, read on demand as CSR; `columns` picks and orders the genes."
-    def __init__(self,
-                 matrix,                              # anndata `CSRDataset` (a backed `adata.X`) or a dense `h5py.Dataset`
-                 columns: np.ndarray | None = None):  # genes to keep, in this order (default: all)
-        self.matrix = matrix
-        group = matrix.group if isinstance(matrix, (CSRDataset, CSCDataset)) else matrix
-        self.source = f"'{group.file.filename}' {group.name}"
-        if isinstance(matrix, CSCDataset):
-            raise ValueError(f"The counts at {self.source} are stored CSC: every minibatch of cells would read the "
-                             "whole matrix. Rewrite the file with CSR counts, or load it into memory.")
-        self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
-        self.shape = (matrix.shape[0], matrix.shape[1] if columns is None else len(self.columns))
-
-    def __getitem__(self, rows: np.ndarray) -> sp.csr_matrix:
-        "Rows `rows` (in any order, repeats allowed): read in increasing order, as HDF5 requires, then put in the order asked."
-        unique, position = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
-        block = sp.csr_matrix(self.matrix[unique])[position]
-        return block if self.columns is None else block[:, self.columns]
-
-    def __repr__(self) -> str: return f"DiskRows({self.source}, {self.shape[0]:,} × {self.shape[1]:,})"
-
-# %% ../nbs/06_train.ipynb #5e53e72d
-READ_AHEAD = 4  # minibatches that `CSRLoader` prepares ahead of the consumer when it reads from disk
-LOADER_THREAD = "gmvae_nb loader"  # name of the background thread
-
-
-class _ReadFailed(NamedTuple):
-    error: Exception
-
-
-def _read_ahead(read, parts: list[np.ndarray], depth: int, source: str) -> Iterator:
-    "`read(part)` for each of `parts` in order, computed up to `depth` parts ahead in a background thread that stops when the pass ends, breaks or fails."
-    ready, stop = queue.Queue(maxsize=depth), threading.Event()
-
-    def work():
-        for part in parts:
-            if stop.is_set(): return
-            try: result = read(part)
-            except Exception as error:
-                error.add_note(f"raised in the background loader while it read rows {part[:5].tolist()}"
-                               f"{' …' if len(part) > 5 else ''} ({len(part)} in all) from {source}")
-                ready.put(_ReadFailed(error))
-                return
-            ready.put(result)
-
-    thread = threading.Thread(target=work, name=LOADER_THREAD, daemon=True)
-    thread.start()
-    try:
-        for _ in parts:
-            result = ready.get()
-            if isinstance(result, _ReadFailed): raise result.error
-            yield result
-    finally:
-        stop.set()
-        while not ready.empty(): ready.get()  # room for a `put` the thread may wait in; then it sees `stop`
-        thread.join()
-
-# %% ../nbs/06_train.ipynb #8c516773
-class CSRLoader:
-    "Minibatches of rows `indices` of `counts` (cells × genes, in memory or on disk), densified one minibatch at a time."
-    world_size = 1  # processes that share each minibatch (see `ShardedLoader`)
-
-    def __init__(self,
-                 counts,                         # cells × genes; scipy sparse (converted to CSR), a numpy array, or on disk (see `on_disk`)
-                 batch_codes: np.ndarray,        # (cells,) integer batch code of every cell
-                 indices: np.ndarray | None = None,  # rows to iterate over (default: all)
-                 batch_size: int = 128,
-                 shuffle: bool = False,          # a fresh seeded permutation on every pass
-                 seed: int = 0,
-                 read_ahead: int | None = None): # minibatches prepared ahead in a background thread (default: `READ_AHEAD` on disk, 0 in memory)
-        if on_disk(counts) and not isinstance(counts, DiskRows): counts = DiskRows(counts)
-        if sp.issparse(counts) and counts.format != "csr": counts = counts.tocsr()
-        if batch_size < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.read_ahead = (READ_AHEAD if on_disk(counts) else 0) if read_ahead is None else read_ahead
-        if self.read_ahead < 0: raise ValueError(f"read_ahead must be 0 or more, got {read_ahead}")
-        if len(batch_codes) != counts.shape[0]:
-            raise ValueError(f"batch_codes has {len(batch_codes)} entries for {counts.shape[0]} cells")
-        self.counts, self.batch_codes = counts, np.asarray(batch_codes, dtype=np.int64)
-        self.indices = np.arange(counts.shape[0]) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int: return math.ceil(len(self.indices) / self.batch_size)
-
-    @property
-    def n_cells(self) -> int: return len(self.indices)
-
-    def window(self, step: int) -> tuple[int, int, int]:
-        "Cells of minibatch `step` (0-based), and the start and stop of the rows this loader yields of it: all of them."
-        n = min(self.batch_size, self.n_cells - step * self.batch_size)
-        return n, 0, n
-
-    def minibatch(self, rows: np.ndarray) -> Minibatch:
-        "The dense minibatch of matrix rows `rows`, with the positions of its nonzeros read off the sparse structure."
-        block = self.counts[rows]
-        if sp.issparse(block):
-            dense = block.toarray()
-            nonzero = np.repeat(np.arange(len(rows)), np.diff(block.indptr)), block.indices
-        else:
-            dense = np.asarray(block)
-            nonzero = np.nonzero(dense)
-        return Minibatch(torch.from_numpy(dense.astype(np.float32, copy=False)),
-                         torch.from_numpy(self.batch_codes[rows]),
-                         tuple(torch.from_numpy(np.asarray(i, dtype=np.int64)) for i in nonzero), rows)
-
-    def __iter__(self) -> Iterator[Minibatch]:
-        order = self.rng.permutation(self.indices) if self.shuffle else self.indices
-        parts = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
-        if self.read_ahead:
-            yield from _read_ahead(self.minibatch, parts, self.read_ahead, repr(self.counts))
-        else:
-            yield from map(self.minibatch, parts)
 
 # %% ../nbs/06_train.ipynb #a4b85ed4
 def default_max_epochs(n_cells: int) -> int:
@@ -261,62 +99,6 @@ def check_finite(values: dict[str, float], epoch: int, where: str):
             raise FloatingPointError(
                 f"epoch {epoch}: {where} {name!r} became non-finite ({value}); try a lower lr, grad_clip, "
                 f"warmup_epochs or kl_z_threshold")
-
-# %% ../nbs/06_train.ipynb #7ba72006
-def process_rank() -> int:
-    "This process's rank among the processes `torchrun` started (0 when it runs alone)."
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))
-
-def world_size() -> int:
-    "How many processes train together (`WORLD_SIZE` under `torchrun`, else 1)."
-    if dist.is_available() and dist.is_initialized(): return dist.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-@contextmanager
-def process_group(device: torch.device) -> Iterator[torch.device]:
-    "This process's device; under `torchrun` (WORLD_SIZE > 1) inside the process group (gloo on the CPU, NCCL on `cuda:LOCAL_RANK`), started here and ended on exit unless the caller had started it."
-    if world_size() == 1:
-        yield device
-        return
-    if device.type == "cuda":
-        if device.index is None: device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    started = not dist.is_initialized()
-    if started: dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try: yield device
-    finally:
-        if started: dist.destroy_process_group()
-
-def _sum_over_pieces(loader: CSRLoader, values: list[float]) -> list[float]:
-    "`values` added up over the processes that each hold one piece of `loader`'s minibatches (as they are for a plain `CSRLoader`)."
-    if loader.world_size == 1: return values
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    total = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    return total.tolist()
-
-def _shard_bounds(n: int, rank: int, n_pieces: int) -> tuple[int, int]:
-    "Start and stop of piece `rank` when `n` rows are cut into `n_pieces` contiguous pieces whose sizes differ by at most one."
-    size, extra = divmod(n, n_pieces)
-    start = rank * size + min(rank, extra)
-    return start, start + size + (rank < extra)
-
-class ShardedLoader(CSRLoader):
-    "A `CSRLoader` that yields, of each of its minibatches, the contiguous piece of process `rank` of `world_size`."
-    def __init__(self, *args, rank: int = 0, world_size: int = 1, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not 0 <= rank < world_size: raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
-        self.rank, self.world_size = rank, world_size
-
-    def window(self, step: int) -> tuple[int, int, int]:
-        "Cells of the whole minibatch `step` (0-based), and the start and stop of this process's piece of it."
-        n = super().window(step)[0]
-        return (n, *_shard_bounds(n, self.rank, self.world_size))
-
-    def minibatch(self, rows: np.ndarray) -> Minibatch:
-        "The dense minibatch of this process's piece of the matrix rows `rows`."
-        return super().minibatch(rows[slice(*_shard_bounds(len(rows), self.rank, self.world_size))])
 
 # %% ../nbs/06_train.ipynb #00032ac0
 def minibatch_terms(module: nn.Module, mb: Minibatch, n_samples: int, generator: torch.Generator | None,
@@ -378,46 +160,6 @@ def evaluate(module: nn.Module, loader: CSRLoader, n_samples: int = 10, seed: in
         module.train(was_training)
     return {t: s / loader.n_cells for t, s in zip(TERMS, _sum_over_pieces(loader, list(sums.values())))}
 
-# %% ../nbs/06_train.ipynb #f7505f56
-CHECKPOINT_FILE = "checkpoint.pt"
-_FREE_ON_RESUME = ("max_epochs", "reuse_heap")  # settings a resumed run may change
-
-def read_checkpoint(folder: str | Path) -> dict | None:
-    "The checkpoint in `folder`, or None if it has none."
-    path = Path(folder) / CHECKPOINT_FILE
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
-
-def rows_identity(rows: np.ndarray | None) -> str | None:
-    "How many `rows` and a digest of which, in order."
-    if rows is None: return None
-    digest = hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
-    return f"{len(rows):,} cells, sha256 {digest}"
-
-def _flat(entries: dict, prefix: str = "") -> dict:
-    "Nested dicts as one dict with dotted keys."
-    flat = {}
-    for key, value in entries.items():
-        if isinstance(value, dict): flat.update(_flat(value, f"{prefix}{key}."))
-        else: flat[f"{prefix}{key}"] = value
-    return flat
-
-def _describe(value, other) -> str:
-    "`value` in a few words; for a long list, its length and its first entry that differs from `other`."
-    if not isinstance(value, (list, tuple)) or len(value) <= 5: return repr(value)
-    pairs = zip(value, other) if isinstance(other, (list, tuple)) else ()
-    at = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(value), len(other or ())))
-    return f"{len(value):,} entries, " + (f"{value[at]!r} at position {at}" if at < len(value) else f"ending at position {at}")
-
-def check_identity(saved: dict, current: dict, folder: str | Path):
-    "Raise a ValueError naming the first entry (a dotted key) in which the identity of the checkpoint in `folder` differs from the current run's."
-    saved, current = _flat(saved), _flat(current)
-    for key in [*current, *(key for key in saved if key not in current)]:
-        old, new = saved.get(key), current.get(key)
-        if old != new:
-            raise ValueError(f"the checkpoint in '{folder}' is of another run: its {key} is {_describe(old, new)}, this run's "
-                             f"is {_describe(new, old)}; resume with the same data, model and settings (max_epochs may "
-                             f"differ), or pass another checkpoint_dir")
-
 # %% ../nbs/06_train.ipynb #b83f20e6
 _MALLOC_ENVIRONMENT = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
                        "GLIBC_TUNABLES")
@@ -463,49 +205,7 @@ def _forked_rng(device: torch.device):
     if device.type == "cpu": return torch.random.fork_rng(devices=[])
     return torch.random.fork_rng(devices=[device], device_type=device.type)
 
-def _dropout_rng(device: torch.device) -> dict:
-    "The states of torch's global generators that draw the dropout masks: the CPU's and a CUDA `device`'s."
-    return dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-
-def _set_dropout_rng(states: list[dict], device: torch.device):
-    "Restore this process's generators from the `states` of all the processes of a checkpointed run."
-    if len(states) != world_size():
-        warnings.warn(f"the checkpoint was written by {len(states)} processes and is resumed by {world_size()}: "
-                      "the dropout masks from here on differ from those of the uninterrupted run")
-        return
-    state = states[process_rank()]
-    torch.set_rng_state(state["cpu"])
-    if state["cuda"] is not None and device.type == "cuda": torch.cuda.set_rng_state(state["cuda"], device)
-
-def _gathered(value) -> list:
-    "`value` of every process, in rank order (a collective call under `torchrun`)."
-    if world_size() == 1: return [value]
-    values = [None] * world_size()
-    dist.all_gather_object(values, value)
-    return values
-
-def _read_on_rank_0(folder: str | Path) -> dict | None:
-    "The checkpoint in `folder` as rank 0 reads it, sent to every process."
-    state = [read_checkpoint(folder) if process_rank() == 0 else None]
-    if world_size() > 1: dist.broadcast_object_list(state, src=0)
-    return state[0]
-
-def _write_checkpoint(folder: str | Path, state: dict, device: torch.device):
-    "Write `state` and every process's dropout generators to the checkpoint in `folder` from rank 0, atomically."
-    state = {**state, "dropout_rng": _gathered(_dropout_rng(device))}
-    if process_rank() == 0:
-        path = Path(folder) / CHECKPOINT_FILE
-        for leftover in leftover_temporaries(path): leftover.unlink(missing_ok=True)  # of writes killed midway
-        with atomic_path(path) as tmp: torch.save(state, tmp)
-
-@contextmanager
-def _through_ddp(module: nn.Module, device: torch.device, compile: bool):
-    "`module.elbo` called through the forward of a `DistributedDataParallel` wrapper, whose backward averages the gradients over the processes; the wrapper is freed on exit, while the process group lives (freed after it, it can hang)."
-    wrappers = [DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)]
-    if compile: wrappers[0] = torch.compile(wrappers[0], dynamic=True)
-    try: yield lambda counts, batch, noise, nonzero: wrappers[0](counts, batch, noise=noise, nonzero=nonzero)
-    finally: wrappers.clear()
-
+# %% ../nbs/06_train.ipynb #f5e2471e
 def _with_neg_elbo(means: dict[str, float]) -> dict[str, float]:
     return {**{t: means[t] for t in TERMS}, "neg_elbo": sum(means[t] for t in TERMS)}
 
