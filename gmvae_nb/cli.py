@@ -52,7 +52,7 @@ TRAIN_OPTIONS = {  # options of fit, sweep and main -> argparse settings, with t
                              help="epochs trained before --init-mixture fits its Gaussian mixture"),
 }
 
-
+# %% ../nbs/12_cli.ipynb #0085a1b5
 def _shown(default) -> str:
     "A default as a user would type it."
     return " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
@@ -67,7 +67,7 @@ def add_library_options(command: argparse.ArgumentParser, options: dict, **overr
         command.add_argument(*flags, **{"metavar": metavar} | settings | {"help": text, "default": argparse.SUPPRESS})
     command.set_defaults(**overrides)
 
-
+# %% ../nbs/12_cli.ipynb #95da5645
 def given(args: argparse.Namespace, options: dict) -> dict:
     "The settings of `options` that the command line gave or the command set: what is passed on to the library."
     return {s["dest"]: getattr(args, s["dest"]) for s in options.values() if hasattr(args, s["dest"])}
@@ -75,13 +75,12 @@ def given(args: argparse.Namespace, options: dict) -> dict:
 # %% ../nbs/12_cli.ipynb #7c187ac4
 NONE_SPELLINGS = {"layer": "X", "batch_key": "none", "label_key": "none"}  # how the command line writes the library's None
 
-
 def _none_as(dest: str):
     "An argparse type for the option of `dest`: the value given, or None for the word `NONE_SPELLINGS[dest]`."
     def value(text: str) -> str | None: return None if text == NONE_SPELLINGS[dest] else text
     return value
 
-
+# %% ../nbs/12_cli.ipynb #3da901d1
 DATA_OPTIONS = {  # how fit and sweep read the user's .h5ad -> argparse settings, with load_counts' (and sweep's) default
     ("--layer",): dict(dest="layer", type=_none_as("layer"), help="layer of the raw counts, or X", default="counts"),
     ("--batch-key",): dict(dest="batch_key", type=_none_as("batch_key"), default="batch",
@@ -102,9 +101,11 @@ FIT_OPTIONS = {  # options of fit alone -> argparse settings, with the library's
     ("--device",): dict(dest="device", help="auto, cpu, cuda or mps", default="auto"),
     ("--checkpoint-every",): dict(dest="checkpoint_every", type=int, help="epochs between checkpoints", default=1),
 }
+
+# %% ../nbs/12_cli.ipynb #a2e31b03
 MODEL_SETTINGS = ("n_clusters", "seed", "n_x", "n_w")  # the settings that go to GMVAE; the others go to GMVAE.fit
 
-
+# %% ../nbs/12_cli.ipynb #599d5868
 def fit_command(args: argparse.Namespace) -> Path:
     "Fit a GMVAE to `args.data`; write the model to `OUT/model/` and the annotated data to `OUT/adata.h5ad` (from rank 0 under `torchrun`)."
     from gmvae_nb.data import load_counts, write_h5ad
@@ -135,7 +136,7 @@ def fit_command(args: argparse.Namespace) -> Path:
           f"{len(model.history)} epochs (-ELBO per cell {last['train_neg_elbo']:.1f}); wrote {out / 'model'} and {out / 'adata.h5ad'}")
     return out
 
-
+# %% ../nbs/12_cli.ipynb #d6268ae6
 def add_fit_parser(commands) -> argparse.ArgumentParser:
     "Add the `fit` subcommand to the subparsers `commands`."
     fit = commands.add_parser("fit", help="fit a GMVAE to an .h5ad file; write the model and the annotated data")
@@ -166,13 +167,13 @@ SWEEP_OPTIONS = {  # options of sweep and main -> argparse settings, with gmvae_
     ("--scheduler",): dict(dest="scheduler", help="address of a Dask scheduler (tcp://HOST:PORT) to run on", default=None),
 }
 
-
+# %% ../nbs/12_cli.ipynb #c4ac2fa4
 def add_sweep_options(command: argparse.ArgumentParser, **overrides):
     "Add the grid's and the training's options to `command`, with `overrides` as its own defaults."
     add_library_options(command, SWEEP_OPTIONS | TRAIN_OPTIONS, **overrides)
     command.add_argument("--K", dest="Ks", type=int, nargs="+", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # -K's former spelling
 
-
+# %% ../nbs/12_cli.ipynb #0cf24231
 def _run_sweep(args: argparse.Namespace, data: str, out: Path) -> bool:
     "Run the sweep the arguments describe; print its table; True if every run finished."
     from gmvae_nb.sweep import sweep
@@ -192,7 +193,7 @@ def sweep_command(args: argparse.Namespace):
     "Run a K sweep; exit status 1 if any run failed (its error is in its folder)."
     if not _run_sweep(args, args.data, Path(args.out)): sys.exit(1)
 
-
+# %% ../nbs/12_cli.ipynb #bfeac950
 def report_command(args: argparse.Namespace) -> Path:
     "Render the report of the sweep in `args.sweep`."
     from gmvae_nb.report import ReportFailed, render_report
@@ -204,7 +205,7 @@ def report_command(args: argparse.Namespace) -> Path:
 # %% ../nbs/12_cli.ipynb #b9859e8b
 MAIN_JOB_TRAINING = {"max_epochs": 20, "n_samples": 2}  # lighter than the defaults' epochs (scaled to the data): 36 runs on 2 cores
 
-
+# %% ../nbs/12_cli.ipynb #6143b7ad
 def main_command(args: argparse.Namespace) -> Path:
     "The sweep on the embedded default data set, then its report."
     out = Path(args.out)
@@ -269,7 +270,7 @@ def in_flags(message: str, command: argparse.ArgumentParser) -> str:
     value = r"""'[^']*'|"[^"]*"|<[^>]*>|[\w.:+-]+"""
     return re.sub(rf"(?P<quoted>`)?(?<![\w.])(?P<name>{names})(?(quoted)`|(?![\w.(`])(?:=(?P<value>{value}))?)", spelled, message)
 
-
+# %% ../nbs/12_cli.ipynb #fffd30a7
 def main(argv: list[str] | None = None) -> None:
     "Entry point of the `gmvae-nb` console script: input the user can fix ends in one line that names the problem, exit status 2."
     args = build_parser().parse_args(argv)

@@ -18,26 +18,30 @@ __all__ = ['LOG_2PI', 'LOGVAR_RANGE', 'TERMS', 'kl_standard_normal', 'normal_log
 
 # %% ../nbs/05_elbo.ipynb #cfd9d627
 LOG_2PI = math.log(2 * math.pi)
+
+# %% ../nbs/05_elbo.ipynb #c5ef21cc
 LOGVAR_RANGE = (-10.0, 10.0)  # where the model clamps every log-variance it produces
+
+# %% ../nbs/05_elbo.ipynb #c3417d12
 TERMS = ("rec", "kl_w", "kl_z", "cond")  # the four per-cell terms whose sum is −ELBO
 
-
+# %% ../nbs/05_elbo.ipynb #51e9ab62
 def kl_standard_normal(mean: Tensor, logvar: Tensor) -> Tensor:
     "KL(N(mean, diag exp(logvar)) ‖ N(0, I)), summed over the last axis."
     return 0.5 * (mean.square() + logvar.exp() - logvar - 1).sum(-1)
 
-
+# %% ../nbs/05_elbo.ipynb #22fbabac
 def normal_log_prob(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     "log N(x; mean, diag exp(logvar)), summed over the last axis (all arguments broadcast)."
     per_axis = (x - mean).square() * torch.exp(-logvar) + logvar
     return -0.5 * (per_axis.sum(-1) + per_axis.shape[-1] * LOG_2PI)  # the constant added after the sum: one pass fewer
 
-
+# %% ../nbs/05_elbo.ipynb #9b6cd44e
 def normal_entropy(logvar: Tensor) -> Tensor:
     "Differential entropy of N(·, diag exp(logvar)), summed over the last axis."
     return 0.5 * (logvar + 1 + LOG_2PI).sum(-1)
 
-
+# %% ../nbs/05_elbo.ipynb #6ff30d2c
 def kl_normal(mean: Tensor, logvar: Tensor, other_mean: Tensor, other_logvar: Tensor) -> Tensor:
     "KL(N(mean, diag exp(logvar)) ‖ N(other_mean, diag exp(other_logvar))), summed over the last axis."
     return 0.5 * (other_logvar - logvar + (logvar.exp() + (mean - other_mean).square()) * torch.exp(-other_logvar) - 1).sum(-1)

@@ -64,8 +64,9 @@ class DiskRows:
 
 # %% ../nbs/07_loaders.ipynb #5e53e72d
 READ_AHEAD = 4  # minibatches that `CSRLoader` prepares ahead of the consumer when it reads from disk
-LOADER_THREAD = "gmvae_nb loader"  # name of the background thread
 
+# %% ../nbs/07_loaders.ipynb #1017ebcd
+LOADER_THREAD = "gmvae_nb loader"  # name of the background thread
 
 class _ReadFailed(NamedTuple):
     error: Exception

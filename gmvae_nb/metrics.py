@@ -92,10 +92,14 @@ def _annotation(adata: ad.AnnData, key: str, what: str) -> np.ndarray:
 
 # %% ../nbs/13_metrics.ipynb #a501ce1e
 GRAPH_NEIGHBORS = 15  # nearest neighbours of the graph that Leiden and graph connectivity use (scib-metrics' Benchmarker)
+
+# %% ../nbs/13_metrics.ipynb #1098b53e
 KBET_NEIGHBORS = 50  # nearest neighbours of the connectivity graph kBET's neighbourhoods are built from (idem)
+
+# %% ../nbs/13_metrics.ipynb #bf67990e
 MIN_CELLS = GRAPH_NEIGHBORS + 1  # fewest cells `evaluate` scores: each cell and its 15 nearest neighbours
 
-
+# %% ../nbs/13_metrics.ipynb #d2403ac0
 def exact_neighbors(
     coordinates: np.ndarray,  # cells × dims
     n_neighbors: int = 90,  # neighbours per cell, the cell itself included
@@ -143,7 +147,7 @@ def scaled_silhouettes(
     "Each cell's silhouette with respect to `labels`, rescaled to [0, 1] (as in `scib_metrics.silhouette_label`)."
     return (silhouette_samples(coordinates, labels) + 1) / 2
 
-
+# %% ../nbs/13_metrics.ipynb #a539bba0
 def isolated_labels(
     labels: np.ndarray,  # one label per cell
     batches: np.ndarray,  # one batch per cell
@@ -152,7 +156,7 @@ def isolated_labels(
     n_batches = pd.DataFrame({"label": labels, "batch": batches}).groupby("label")["batch"].nunique()
     return n_batches.index[n_batches <= n_batches.min()].tolist()
 
-
+# %% ../nbs/13_metrics.ipynb #f0ef3d63
 def isolated_label_asw(
     silhouettes: np.ndarray,  # scaled silhouette per cell, from `scaled_silhouettes`
     labels: np.ndarray,  # one label per cell
@@ -165,7 +169,7 @@ def isolated_label_asw(
 # %% ../nbs/13_metrics.ipynb #8c8200f1
 LEIDEN_RESOLUTIONS = tuple(round(0.1 * step, 1) for step in range(1, 21))  # 0.1, 0.2, …, 2.0
 
-
+# %% ../nbs/13_metrics.ipynb #f07661eb
 def leiden_scores(
     connectivities: sp.spmatrix,  # cells × cells symmetric weights (`knn_connectivities` of the 15-NN graph)
     labels: np.ndarray,  # one label per cell
@@ -380,6 +384,7 @@ class Metric:
     needs_labels: bool = True  # False: also computed without cell-type labels (`evaluate(..., label_key=None)`)
     needs_batches: bool = False  # True: computed only with a batch column (left out by `evaluate(..., batch_key=None)`)
 
+# %% ../nbs/13_metrics.ipynb #cde671c9
 _ASW = "gmvae_nb.metrics.scaled_silhouettes (sklearn; equals scib_metrics.silhouette_label)"
 METRICS: dict[str, Metric] = {
     "asw_label": Metric("cell-type ASW", "silhouette by cell type, (s+1)/2, mean over all cells, in [0, 1]",

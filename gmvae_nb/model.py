@@ -63,6 +63,7 @@ def _names_preview(names, n: int = 5) -> str:
 # %% ../nbs/11_model.ipynb #afda4292
 FORMAT_VERSION = 2  # version of the folder layout written by `GMVAE.save` (2: every module argument is saved)
 
+# %% ../nbs/11_model.ipynb #862701f1
 SETTINGS = {  # named presets: the `GMVAEModule` arguments and `TrainConfig` settings each one changes from the defaults
     "default": dict(module={}, training={}),
     "blog": dict(module=dict(n_x=80, n_w=60, encoder_hidden=(300, 250), decoder_hidden=(250, 300), beta_hidden=(300,),
@@ -70,6 +71,7 @@ SETTINGS = {  # named presets: the `GMVAEModule` arguments and `TrainConfig` set
                  training=dict(max_epochs=40, n_samples=10, lr_decay_epoch=25, lr_decay=0.7, early_stopping=False)),
 }
 
+# %% ../nbs/11_model.ipynb #69d6c78b
 def _module_arguments(settings: str, module_kwargs: dict) -> dict:
     "Every `GMVAEModule` argument but the data's sizes: its defaults, then the preset `settings`, then `module_kwargs`."
     if settings not in SETTINGS: raise ValueError(f"settings must be one of {sorted(SETTINGS)}, got {settings!r}")
@@ -165,13 +167,13 @@ def _loader(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024,
 # %% ../nbs/11_model.ipynb #ede36c67
 MIXTURE_INITS = (None, "gmm")  # fit(init_mixture=…): None keeps the networks' own initialisation
 
+# %% ../nbs/11_model.ipynb #6bce23af
 def continued_history(first: pd.DataFrame, then: pd.DataFrame) -> pd.DataFrame:
     "One history of a training `first` that `then` continued: epochs counted on, `then`'s attributes with its epochs shifted."
     joined = pd.concat([first, then.assign(epoch=then["epoch"] + len(first))], ignore_index=True)
     joined.attrs = then.attrs | {key: then.attrs[key] + len(first) for key in ("best_epoch", "kept_epoch")
                                  if isinstance(then.attrs.get(key), (int, np.integer))}
     return joined
-
 
 # %% ../nbs/11_model.ipynb #2f9c14df
 @patch
@@ -190,11 +192,13 @@ def restart_seed(seed: int, restart: int) -> int:
     if restart == 0: return seed
     return int(np.random.SeedSequence([seed, restart]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
+# %% ../nbs/11_model.ipynb #12f3d93e
 def final_neg_elbo(history: pd.DataFrame) -> float:
     "−ELBO per cell of the weights `fit_module` returned with `history`: on the validation cells if it had any, else on the training cells."
     column = "validation_neg_elbo" if "validation_neg_elbo" in history else "train_neg_elbo"
     return float(history[column].iloc[history.attrs["kept_epoch"] - 1])
 
+# %% ../nbs/11_model.ipynb #ad292ac0
 @patch
 @delegates(TrainConfig)
 def fit(self: GMVAE,
@@ -326,6 +330,7 @@ def get_latent(self: GMVAE, adata: ad.AnnData | None = None, batch_size: int = 1
                             obsm={keys["latent"]: out["x"], keys["latent_w"]: out["w"]})
     return target if copy else out["x"]
 
+# %% ../nbs/11_model.ipynb #9de7228b
 @patch
 def predict_proba(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10, batch_size: int = 1024,
                   key_added: str = "gmvae_proba", copy: bool = False) -> np.ndarray | ad.AnnData:
@@ -336,6 +341,7 @@ def predict_proba(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int =
                             obsm={key_added: out["proba"]}, n_samples=n_samples)
     return target if copy else out["proba"]
 
+# %% ../nbs/11_model.ipynb #08db9cdb
 def _proba_key(key_added: str) -> str:
     "Where `predict(key_added=…)` puts the responsibilities: 'gmvae_cluster' -> 'gmvae_proba', 'leiden_like' -> 'leiden_like_proba'."
     return key_added.removesuffix("_cluster") + "_proba"
@@ -353,6 +359,7 @@ def predict(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10, b
                             n_samples=n_samples)
     return target if copy else clusters
 
+# %% ../nbs/11_model.ipynb #8734d9b5
 @patch
 def elbo_terms(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10, batch_size: int = 1024) -> pd.DataFrame:
     "Per-cell rec, kl_w, kl_z and cond (−ELBO = their sum) from `n_samples` seeded draws, indexed by obs_names."
@@ -583,6 +590,7 @@ def save(self: GMVAE, path: str | Path, overwrite: bool = False) -> Path:
     write_json_atomic(config, path / "config.json")
     return path
 
+# %% ../nbs/11_model.ipynb #05a443f0
 @patch(cls_method=True)
 def load(cls: GMVAE, path: str | Path, adata: ad.AnnData, device: str = "auto") -> GMVAE:
     "The model saved in the folder `path`, attached to `adata` (same genes, known batches) on `device`."

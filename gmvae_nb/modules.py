@@ -31,7 +31,7 @@ def mlp(n_in: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Module, in
         n_in = n_out
     return nn.Sequential(*layers), n_in
 
-
+# %% ../nbs/06_modules.ipynb #0f2d1e86
 class CovariateMLP(nn.Module):
     "`mlp` whose every block sees a covariate vector beside its input (scVI's \"deeply injected\" batch): `forward(inputs, covariates)`."
     def __init__(self, n_in: int, n_covariates: int, hidden: Sequence[int], dropout: float):
@@ -48,10 +48,15 @@ class CovariateMLP(nn.Module):
 
 # %% ../nbs/06_modules.ipynb #998146b7
 LOG_THETA_RANGE = (-10.0, 12.0)  # θ from 4.5e-5 (extreme over-dispersion) to 1.6e5 (Poisson for any realistic mean)
-DISPERSIONS = ("gene", "gene-batch", "cell")
-CONDITIONAL_PRIORS = ("exact", "surrogate")
-BATCH_INJECTIONS = ("first", "all")  # decoder layers that see the batch one-hot
 
+# %% ../nbs/06_modules.ipynb #5e620146
+DISPERSIONS = ("gene", "gene-batch", "cell")
+
+# %% ../nbs/06_modules.ipynb #370d73b6
+CONDITIONAL_PRIORS = ("exact", "surrogate")
+
+# %% ../nbs/06_modules.ipynb #01fda4e5
+BATCH_INJECTIONS = ("first", "all")  # decoder layers that see the batch one-hot
 
 def _split_gaussian(params: Tensor) -> tuple[Tensor, Tensor]:
     "Split (..., 2·n) network output into (mean, clamped log-variance), each (..., n)."
@@ -138,7 +143,7 @@ def encode(self: GMVAEModule, counts: Tensor, batch: Tensor) -> dict[str, Tensor
     w_mean, w_logvar = _split_gaussian(self.w_head(hidden))
     return dict(x_mean=x_mean, x_logvar=x_logvar, w_mean=w_mean, w_logvar=w_logvar)
 
-
+# %% ../nbs/06_modules.ipynb #2f0a5311
 @patch
 def prior(self: GMVAEModule, w: Tensor) -> tuple[Tensor, Tensor]:
     "Component means and clamped log-variances (..., K, n_x) each, from w (..., n_w): a view of β's output per cell."
@@ -146,7 +151,7 @@ def prior(self: GMVAEModule, w: Tensor) -> tuple[Tensor, Tensor]:
     mean, logvar = params.unbind(-2)
     return mean, logvar.clamp(*LOGVAR_RANGE)
 
-
+# %% ../nbs/06_modules.ipynb #fc649418
 @patch
 def decode(self: GMVAEModule, x: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
     "Logits h (..., B, G) of the expression composition, and log θ broadcastable to them: (G,), (B, G) or (..., B, G)."
@@ -177,7 +182,7 @@ def elbo(
     return elbo_terms(log_likelihood, x, **posterior, prior_mean=prior_mean, prior_logvar=prior_logvar,
                       log_pi=self.log_pi, conditional_prior=self.conditional_prior)
 
-
+# %% ../nbs/06_modules.ipynb #270e5c46
 @patch
 def sample_noise(self: GMVAEModule, n_cells: int, n_samples: int = 10,
                  generator: torch.Generator | None = None) -> Tensor:
@@ -187,7 +192,7 @@ def sample_noise(self: GMVAEModule, n_cells: int, n_samples: int = 10,
                         dtype=self.pi_logits.dtype)
     return noise.to(self.pi_logits.device)
 
-
+# %% ../nbs/06_modules.ipynb #e1db6608
 @patch
 def _check_inputs(self: GMVAEModule, counts: Tensor, batch: Tensor):
     "Raise a ValueError naming the problem if counts or batch do not fit the module."

@@ -63,6 +63,7 @@ def balanced_subsample(
 REPORT_PACKAGES = ("gmvae-nb", "torch", "scanpy", "anndata", "numpy", "scipy", "pandas", "scikit-learn",
                    "scib-metrics", "umap-learn", "matplotlib")
 
+# %% ../nbs/16_report.ipynb #192a823d
 def software_versions(packages=REPORT_PACKAGES) -> pd.Series:
     "The version of Python and of every distribution in `packages` ('not installed' where it is missing)."
     def installed(package):
@@ -93,7 +94,7 @@ def html_with_nbconvert(notebook: str | Path) -> str:
     body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
     return body
 
-
+# %% ../nbs/16_report.ipynb #ba781190
 def html_with_quarto(notebook: str | Path) -> str:
     "The executed `notebook` as self-contained HTML rendered by Quarto (the notebook's front matter asks for it)."
     notebook = Path(notebook)
@@ -109,7 +110,7 @@ def html_with_quarto(notebook: str | Path) -> str:
 class ReportFailed(RuntimeError):
     "The report notebook raised; the message names the cell, the error and the executed notebook that shows it."
 
-
+# %% ../nbs/16_report.ipynb #3cbe3501
 def render_report(sweep: str | Path, out: str | Path | None = None, title: str | None = None,
                   renderer: str = "auto", seed: int = 0) -> Path:
     "Execute the report notebook over the `sweep` folder and write the HTML page to `out` (default SWEEP/report.html)."

@@ -41,6 +41,8 @@ __all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'VALIDATION
 
 # %% ../nbs/15_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
+
+# %% ../nbs/15_sweep.ipynb #a6c07f36
 BLOG_GRID = (1, 10, 20, 30, 40, 50)  # the blog's values of K
 
 # %% ../nbs/15_sweep.ipynb #ddcc61b3
@@ -53,7 +55,7 @@ class Run:
     @property
     def name(self) -> str: return f"K{self.n_clusters:03d}_seed{self.seed}"
 
-
+# %% ../nbs/15_sweep.ipynb #1f84e10f
 def plan_runs(Ks, repeats: int, base_seed: int = 0) -> list[Run]:
     "Every (K, seed) of the grid: `repeats` seeds from `base_seed` for each K in `Ks`."
     Ks = [int(k) for k in Ks]
@@ -78,7 +80,7 @@ class RunKernelManager(AsyncKernelManager):
         with open(self.log_path, "wb") as log:  # the kernel process keeps its own copy of the descriptor
             await super().start_kernel(stderr=log, **kw)
 
-
+# %% ../nbs/15_sweep.ipynb #9a9146b5
 def execute_notebook_in(folder: str | Path, notebook: str | Path, output: str | Path, **kwargs):
     "Execute `notebook` into `output` with papermill (`kwargs` go to it), its kernel started in `folder` on private Unix sockets, its log in `output` with the suffix .log."
     with optional_dependencies("sweep"): import papermill as pm
@@ -91,6 +93,7 @@ def execute_notebook_in(folder: str | Path, notebook: str | Path, output: str | 
         pm.execute_notebook(str(notebook), str(output), resources={"metadata": {"path": str(folder)}},
                             kernel_manager_class=RunKernelManager, config=config, **kwargs)
 
+# %% ../nbs/15_sweep.ipynb #65d76883
 def execute_run(run_dir: str | Path, parameters: dict, notebook: str | Path = RUN_NOTEBOOK,
                 kernel_name: str | None = None) -> dict:
     "Execute `notebook` with `parameters` (plus `out=run_dir`) into `run_dir/run.ipynb`; returns the run's status and duration."
@@ -111,10 +114,14 @@ def execute_run(run_dir: str | Path, parameters: dict, notebook: str | Path = RU
 
 # %% ../nbs/15_sweep.ipynb #8e9c6c16
 SINGLE_BATCH = "all"  # obs['batch'] of the prepared data when the user's have no batches (batch_key=None)
+
+# %% ../nbs/15_sweep.ipynb #d2e59f68
 LABEL_KEY = "cell_type"  # the default label column, and the prepared data's: data without it are unlabelled
+
+# %% ../nbs/15_sweep.ipynb #c54307d7
 VALIDATION_FRACTION = 0.1  # of each batch's cells; the test takes `test_fraction`, training the rest
 
-
+# %% ../nbs/15_sweep.ipynb #603bcad0
 def canonical_counts(
     source: str | Path | ad.AnnData,  # an .h5ad file or an AnnData (e.g. simulated)
     layer: str | None = "counts",  # layer of the raw counts; None: X
@@ -281,7 +288,7 @@ def collect(out: str | Path) -> pd.DataFrame:
     if not rows: raise FileNotFoundError(f"no finished runs (runs/*/metrics.json) under {out}")
     return pd.DataFrame(rows).set_index("run")
 
-
+# %% ../nbs/15_sweep.ipynb #85083d92
 def summarize(table: pd.DataFrame, by: str = "n_clusters") -> pd.DataFrame:
     "Mean and standard deviation of every numeric column of `table` per value of `by`, with the run count."
     numeric = table.drop(columns=[by]).select_dtypes("number")

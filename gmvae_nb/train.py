@@ -40,6 +40,7 @@ __all__ = ['SEED_STREAMS', 'seed_streams', 'default_max_epochs', 'TrainConfig', 
 # %% ../nbs/10_train.ipynb #ab501d4b
 SEED_STREAMS = ("shuffle", "samples", "dropout", "validation", "inference")
 
+# %% ../nbs/10_train.ipynb #cc6846dd
 def seed_streams(seed: int) -> dict[str, int]:
     "Independent seeds, one per random stream in `SEED_STREAMS`, derived from `seed`."
     states = np.random.SeedSequence(seed).generate_state(len(SEED_STREAMS), dtype=np.uint64)
@@ -50,6 +51,7 @@ def default_max_epochs(n_cells: int) -> int:
     "Training epochs for `n_cells` cells: scvi-tools' rule, 400 up to 20,000 cells and 8 million cell passes above (at least 1)."
     return int(max(1, min(400, round(400 * 20_000 / max(n_cells, 1)))))
 
+# %% ../nbs/10_train.ipynb #5da78cf6
 @dataclass
 class TrainConfig:
     "Settings of a training run (the package's defaults; `gmvae_nb.model.SETTINGS['blog']` has the blog's schedule)."

@@ -100,7 +100,7 @@ def test_docs_show_the_exported_definitions_on_the_notebook_pages(site):
     page = (site / "nbs" / "05_elbo.html").read_text()
     for name in ("kl_standard_normal", "normal_log_prob", "kl_normal", "elbo_terms", "neg_elbo_marginal", "loss"):
         assert re.search(rf"<h\d[^>]*>{name}<a", page), name
-    # in the order of the source: kl_standard_normal is defined before kl_normal in the same cell
+    # in the order of the source: kl_standard_normal is defined before kl_normal
     assert page.index(">kl_standard_normal<a") < page.index(">kl_normal<a")
     assert "#| export" not in page and "show_doc(" not in page
     # a `name` the package exports, in the prose, links to its API entry (as nbdev's add_links does)
