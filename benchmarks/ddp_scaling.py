@@ -29,7 +29,7 @@ def worker(data: str, threads: int, epochs: int, n_samples: int):
     import anndata as ad
     import torch
     from gmvae_nb.model import GMVAE
-    from gmvae_nb.train import process_rank
+    from gmvae_nb.distributed import process_rank
     torch.set_num_threads(threads)
     adata = ad.read_h5ad(data)
     model = GMVAE(adata, seed=0, settings="blog").fit(max_epochs=1 + epochs, n_samples=n_samples, split_key=None, device="cpu",

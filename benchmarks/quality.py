@@ -66,11 +66,11 @@ def embed(method: str, adata, n_clusters: int, seed: int) -> tuple[str, float, d
         clusters = model.predict()
         return "X_gmvae", seconds, dict(components_used=len(np.unique(clusters)), epochs=len(model.history))
     if method == "pca":
-        from gmvae_nb.metrics import pca_baseline
+        from gmvae_nb.baselines import pca_baseline
         pca_baseline(adata, n_comps=30, seed=seed)
         return "X_pca_unintegrated", time.perf_counter() - started, {}
     if method == "scvi":
-        from gmvae_nb.metrics import scvi_baseline
+        from gmvae_nb.baselines import scvi_baseline
         scvi_baseline(adata, seed=seed, enable_progress_bar=False)
         return "X_scVI", time.perf_counter() - started, {}
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")

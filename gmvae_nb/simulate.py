@@ -17,11 +17,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy import optimize, special, stats
+from scipy import special, stats
 
 # %% auto #0
-__all__ = ['PRESETS', 'simulation_config', 'sample_nb_counts', 'zero_fraction', 'simulate', 'zero_matching_dispersion',
-           'fit_params']
+__all__ = ['PRESETS', 'simulation_config', 'sample_nb_counts', 'zero_fraction', 'simulate']
 
 # %% ../nbs/02_simulate.ipynb #3b9ef229
 _BMMC_TYPES = {  # cell type: (lineage, weight ≈ cells of that type in the full multiome data, rounded to hundreds)
@@ -51,11 +50,11 @@ _STRUCTURE = dict(
     type_de_prob=0.05, type_de_loc=0.6, type_de_scale=0.4, de_down_prob=0.3,
     site_fac_scale=0.25, donor_fac_scale=0.15, site_lib_scale=0.25, donor_lib_scale=0.1,
 )
-_MULTIOME_FIT = dict(  # fit_params(multiome starter file), rounded; checked in "Calibration" below
+_MULTIOME_FIT = dict(  # fit_params(multiome starter file), rounded; checked in the calibrate notebook
     mean_shape=0.852, mean_rate=2.015, outlier_prob=0.03, outlier_loc=3.13, outlier_scale=0.556,
     lib_loc=5.931, lib_scale=0.515, type_lib_scale=0.46, disp_common=0.335, disp_trend=0.105, disp_df=13.0,
 )
-_BMMC_LIB_LOC = 7.37  # log median depth that gives 13,431 genes ≈ 91% zeros (see "Calibration")
+_BMMC_LIB_LOC = 7.37  # log median depth that gives 13,431 genes ≈ 91% zeros (see the calibrate notebook)
 
 PRESETS: dict[str, dict] = {
     "bmmc": dict(n_cells=69_249, n_genes=13_431, **_bmmc_types(list(_BMMC_TYPES)),
@@ -432,129 +431,3 @@ def simulate(
     uns = {"simulation": dict(preset=preset, seed=int(seed), config={k: _storable(v) for k, v in config.items()},
                               **truth)}
     return ad.AnnData(X=counts, obs=obs, var=var, layers={"counts": counts}, uns=uns)
-
-# %% ../nbs/02_simulate.ipynb #06b49c87
-def zero_matching_dispersion(
-    counts,  # cells × genes raw counts (sparse or dense), every cell with counts
-    n_quantiles: int = 200,  # library sizes are summarised by this many quantiles
-    bounds: tuple[float, float] = (1e-4, 1e3),  # range of the dispersions searched
-    n_steps: int = 50,  # bisection steps (on the log scale)
-) -> tuple[np.ndarray, np.ndarray]:  # (depth-normalised mean at the median depth, dispersion) per gene; NaN if unexpressed
-    "Per-gene NB dispersion whose predicted fraction of zeros, over the cells' library sizes, matches the observed one."
-    counts = sp.csr_matrix(counts, dtype=np.float64)
-    library = np.asarray(counts.sum(1)).ravel()
-    if (library <= 0).any():
-        raise ValueError(f"{int((library <= 0).sum())} cells have no counts; drop them first.")
-    proportion = np.asarray((sp.diags(1 / library) @ counts).mean(0)).ravel()
-    observed = 1 - np.diff(counts.tocsc().indptr) / counts.shape[0]
-    depths = np.quantile(library, (np.arange(n_quantiles) + 0.5) / n_quantiles)
-    mean = proportion[:, None] * depths[None, :]
-    lo, hi = np.full(proportion.size, np.log(bounds[0])), np.full(proportion.size, np.log(bounds[1]))
-    for _ in range(n_steps):  # predicted zeros grow with the dispersion
-        mid = (lo + hi) / 2
-        phi = np.exp(mid)[:, None]
-        too_few_zeros = np.exp(-np.log1p(phi * mean) / phi).mean(1) < observed
-        lo, hi = np.where(too_few_zeros, mid, lo), np.where(too_few_zeros, hi, mid)
-    dispersion = np.where(proportion > 0, np.exp((lo + hi) / 2), np.nan)
-    return np.median(library) * proportion, dispersion
-
-# %% ../nbs/02_simulate.ipynb #5095a9b0
-def _solve_increasing(f, target: float, lo: float, hi: float, n_steps: int = 14) -> float:
-    "Bisection for x in [lo, hi] with f(x) = target, for f increasing."
-    for _ in range(n_steps):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
-    return (lo + hi) / 2
-
-
-def _counts_of(adata: ad.AnnData, layer: str | None) -> sp.csr_matrix:
-    "The raw counts of `adata` (`layers[layer]`, or `X` if `layer` is None) as CSR float64."
-    if layer is not None and layer not in adata.layers:
-        raise KeyError(f"No layer {layer!r} in the AnnData; it has {list(adata.layers)} (layer=None reads X).")
-    return sp.csr_matrix(adata.X if layer is None else adata.layers[layer], dtype=np.float64)
-
-
-def _dispersion_summary(counts, n_bins: int = 20) -> tuple[float, float, float]:
-    "(φ0, φ1, s²): the trend φ0 + φ1/m of the zero-matching dispersions, and their robust log-variance about it."
-    means, dispersion = zero_matching_dispersion(counts, n_quantiles=50)
-    fitted = (means > 0) & (dispersion > 1.01e-4) & (dispersion < 0.99e3)  # not stuck at a bound of the search
-    m, phi = means[fitted], dispersion[fitted]
-    bins = np.array_split(np.argsort(m), min(n_bins, m.size))
-    bin_m, bin_phi = (np.array([np.median(x[b]) for b in bins]) for x in (m, phi))
-    (common, trend), _ = optimize.nnls(np.column_stack([np.ones(len(bins)), 1 / bin_m]) / bin_phi[:, None],
-                                       np.ones(len(bins)))  # least relative squares
-    spread = stats.median_abs_deviation(np.log(phi / (common + trend / m)), scale="normal") ** 2
-    return float(common), float(trend), float(spread)
-
-
-def _library_params(log_library: np.ndarray, batch: np.ndarray | None, cell_type: np.ndarray | None,
-                    type_lib_scale: float, min_cells: int = 10) -> dict:
-    "lib_loc, lib_scale (and type_lib_scale, given cell types) of the log library sizes of real cells."
-    def centred(values, groups):
-        return values - pd.Series(values).groupby(groups).transform("median").to_numpy()
-    within_batch = centred(log_library, batch) if batch is not None else log_library - np.median(log_library)
-    params = dict(lib_loc=float(np.median(log_library)))
-    if cell_type is None:
-        return params | dict(lib_scale=float(np.sqrt(max(within_batch.var() - type_lib_scale**2, 0.01))))
-    medians = pd.Series(within_batch).groupby(cell_type).agg(["median", "size"])
-    medians = medians[medians["size"] >= min_cells]["median"]
-    return params | dict(lib_scale=float(centred(within_batch, cell_type).std()),
-                         type_lib_scale=float(medians.std()) if len(medians) > 1 else type_lib_scale)
-
-
-def _chi2_df(log_variance: float) -> float:
-    "The degrees of freedom ν with Var(log χ²_ν) = ψ'(ν/2) = `log_variance` (in [1e-3, 1e4])."
-    if log_variance <= special.polygamma(1, 5e3):
-        return 1e4
-    return float(2 * optimize.brentq(lambda x: special.polygamma(1, x) - log_variance, 5e-4, 5e3))
-
-# %% ../nbs/02_simulate.ipynb #fb893c5a
-def fit_params(
-    adata: ad.AnnData,  # real data: cells × genes raw counts
-    layer: str | None = "counts",  # layer holding the counts (None: X)
-    preset: str = "bmmc",  # the preset whose DE and batch structure the dispersion correction simulates
-    batch_key: str = "batch",  # obs column of batches, if present, for the within-batch library-size spread
-    label_key: str = "cell_type",  # obs column of cell types, if present, for the cell-type library-size shifts
-    seed: int = 0,  # seed of the correction's simulations
-    n_seeds: int = 3,  # the correction matches the zeros averaged over this many simulations
-) -> dict:  # parameter values for `simulate(..., params=...)`
-    "Estimate the gene-mean, library-size and dispersion parameters of the simulator from real counts."
-    counts = _counts_of(adata, layer)
-    library = np.asarray(counts.sum(1)).ravel()
-    keep = library > 0
-    counts, log_library = counts[keep], np.log(library[keep])
-    if counts.shape[0] < 2:
-        raise ValueError(f"fit_params needs at least 2 cells with counts, got {counts.shape[0]}.")
-    library_params = _library_params(log_library, *(adata.obs[k].to_numpy()[keep] if k in adata.obs else None
-                                                    for k in (batch_key, label_key)),
-                                     type_lib_scale=PRESETS[preset]["type_lib_scale"])
-
-    means, dispersion = zero_matching_dispersion(counts)
-    expressed = means[means > 0]
-    log_means = np.log(expressed)
-    outlier = log_means > np.median(log_means) + 2 * stats.median_abs_deviation(log_means, scale="normal")
-    outlier_log_factor = log_means[outlier] - np.log(np.median(expressed))
-    shape, _, scale = stats.gamma.fit(expressed[~outlier], floc=0)
-
-    common, trend, spread = _dispersion_summary(counts)
-    params = dict(mean_shape=float(shape), mean_rate=float(1 / scale), outlier_prob=float(outlier.sum() / means.size),
-                  outlier_loc=float(outlier_log_factor.mean()) if outlier.any() else 0.0,
-                  outlier_scale=float(outlier_log_factor.std()) if outlier.sum() > 1 else 0.0,
-                  **library_params,
-                  disp_common=common, disp_trend=trend, disp_df=_chi2_df(spread))
-    size = dict(n_cells=min(counts.shape[0], 2000), n_genes=counts.shape[1])
-
-    def simulation(factor, df, i):
-        return _draw(simulation_config(preset, params | dict(disp_common=common * factor, disp_trend=trend * factor,
-                                                             disp_df=df), **size), [seed, i])[0]
-
-    def zero_matching_factor(df):
-        def zeros(log_factor):
-            return np.mean([zero_fraction(simulation(np.exp(log_factor), df, i)) for i in range(n_seeds)])
-        return np.exp(_solve_increasing(zeros, zero_fraction(counts), np.log(1 / 20), np.log(20), n_steps=12))
-
-    factor = zero_matching_factor(params["disp_df"])
-    df = np.exp(_solve_increasing(lambda log_df: -_dispersion_summary(simulation(factor, np.exp(log_df), 0))[2],
-                                  -spread, np.log(0.5), np.log(1e4), n_steps=10))
-    factor = zero_matching_factor(df)
-    return params | dict(disp_common=float(common * factor), disp_trend=float(trend * factor), disp_df=float(df))

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import gmvae_nb.train
+import gmvae_nb.distributed
 from gmvae_nb.data import split
+from gmvae_nb.distributed import process_rank
 from gmvae_nb.model import GMVAE
 from gmvae_nb.simulate import simulate
-from gmvae_nb.train import process_rank
 
 EPOCHS, N_SAMPLES, HELD_OUT_SAMPLES = 4, 2, 10
 ARCHITECTURE = dict(n_clusters=4, n_x=10, n_w=5, encoder_hidden=(64,), decoder_hidden=(64,), beta_hidden=(32,),
@@ -36,7 +36,7 @@ class Unsynced(torch.nn.Module):
 
 def main(out: Path, no_sync: bool):
     torch.set_num_threads(1)
-    if no_sync: gmvae_nb.train.DistributedDataParallel = Unsynced
+    if no_sync: gmvae_nb.distributed.DistributedDataParallel = Unsynced
     adata = split(simulate("default", n_cells=1000, n_genes=100, n_types=4, n_batches=2, seed=0), seed=0)
     model = GMVAE(adata, seed=0, **ARCHITECTURE).fit(max_epochs=EPOCHS, n_samples=N_SAMPLES, batch_size=64,
                                                      device="cpu", progress=False)

@@ -15,7 +15,7 @@ import gmvae_nb.train
 from gmvae_nb import GMVAE
 from gmvae_nb.data import split, write_h5ad
 from gmvae_nb.simulate import simulate
-from gmvae_nb.train import LOADER_THREAD, DiskRows, on_disk
+from gmvae_nb.loaders import LOADER_THREAD, DiskRows, on_disk
 
 ARCHITECTURE = dict(n_clusters=3, n_x=8, n_w=4, encoder_hidden=(64, 32), decoder_hidden=(32, 64), beta_hidden=(32,))
 TRAINING = dict(max_epochs=2, n_samples=2, batch_size=64, device="cpu", progress=False)

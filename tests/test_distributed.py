@@ -19,7 +19,7 @@ import torch
 
 from gmvae_nb.data import write_h5ad
 from gmvae_nb.simulate import simulate
-from gmvae_nb.train import read_checkpoint
+from gmvae_nb.checkpoints import read_checkpoint
 
 SCRIPT = Path(__file__).with_name("distributed_fit.py")
 CLI = str(Path(sys.executable).with_name("gmvae-nb"))

@@ -1,6 +1,4 @@
-"The metrics from outside: toy embeddings with known answers, agreement with scib-metrics, determinism, bad input, baselines."
-import re
-import sys
+"The metrics from outside: toy embeddings with known answers, agreement with scib-metrics, determinism, bad input."
 import warnings
 
 import numpy as np
@@ -9,11 +7,9 @@ import pytest
 import scib_metrics
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from gmvae_nb.data import load_counts
 from gmvae_nb.metrics import (
     GRAPH_NEIGHBORS, KBET_NEIGHBORS, METRICS, MIN_CELLS, batch_asw, evaluate, exact_neighbors, ilisi, isolated_label_asw,
-    kbet_acceptance, kbet_per_label, knn_connectivities, leiden_scores, pca_baseline, scaled_silhouettes, scvi_baseline,
-    toy_embedding,
+    kbet_acceptance, kbet_per_label, knn_connectivities, leiden_scores, scaled_silhouettes, toy_embedding,
 )
 
 TOYS = {  # name: (label_scale, batch_scale)
@@ -251,34 +247,3 @@ def test_one_batch_gives_nan_batch_metrics_with_a_warning(toys):
         one_sample = evaluate(adata, embedding="X_toy", batch_key=None)
     assert not {"asw_batch", "kbet_per_label", "kbet_all_cells", "ilisi"} & set(one_sample)
     assert one_sample["nmi_leiden_best"] == result["nmi_leiden_best"] and one_sample["graph_connectivity"] == result["graph_connectivity"]
-
-
-@pytest.fixture(scope="module")
-def starter(shared_data):
-    return load_counts(shared_data / "openproblems_bmmc_multiome_starter.output_rna.h5ad")
-
-
-def test_pca_baseline_on_real_counts(starter):
-    adata = starter.copy()
-    counts_before = adata.layers["counts"].copy()
-    pcs = pca_baseline(adata, n_comps=20)
-    assert pcs.shape == (500, 20) and adata.obsm["X_pca_unintegrated"] is pcs
-    assert (adata.layers["counts"] != counts_before).nnz == 0 and adata.layers["counts"].dtype == np.float32
-    np.testing.assert_array_equal(pca_baseline(adata, n_comps=20, key="again"), pcs)  # seeded
-    # the real labels include types of 2-4 cells and 2 batches: every metric is still defined
-    result = evaluate(adata, embedding="X_pca_unintegrated")
-    assert all(np.isfinite(result[key]) for key in METRICS if "own" not in key)
-    assert 0.3 < result["nmi_leiden_best"] < 1 and 0 < result["asw_label"] < 1
-
-
-def test_pca_baseline_errors(starter):
-    with pytest.raises(KeyError, match=re.escape("adata has no layer 'raw'; its layers are ['counts']")):
-        pca_baseline(starter, layer="raw")
-    with pytest.raises(ValueError, match="n_comps=600 must be smaller than both the 500 cells and 600 genes"):
-        pca_baseline(starter, n_comps=600)
-
-
-def test_scvi_baseline_without_scvi_tools_says_how_to_install(monkeypatch, starter):
-    monkeypatch.setitem(sys.modules, "scvi", None)  # `import scvi` now raises ImportError, installed or not
-    with pytest.raises(ImportError, match=r"'scvi' extra, pip install \"gmvae-nb\[scvi\]\""):
-        scvi_baseline(starter)

@@ -20,7 +20,7 @@ import gmvae_nb.model
 from gmvae_nb.data import load_counts, split
 from gmvae_nb.model import FORMAT_VERSION, GMVAE
 from gmvae_nb.simulate import simulate
-from gmvae_nb.train import select_device
+from gmvae_nb.distributed import select_device
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 STARTERS = {name: DATA / f"openproblems_bmmc_{name}_starter.output_rna.h5ad" for name in ("multiome", "cite")}
@@ -308,8 +308,9 @@ CELLBENCH = DATA / "cellbench_rnamix.h5ad"
 def test_two_technologies_are_mixed_and_the_groups_kept_with_defaults():
     "CellBench RNA mixtures, two technologies, 7 groups: the defaults mix the technologies and the own clusters find the groups."
     if not CELLBENCH.is_file(): pytest.skip(f"{CELLBENCH} is not here")
+    from gmvae_nb.baselines import pca_baseline
     from gmvae_nb.data import select_genes
-    from gmvae_nb.metrics import exact_neighbors, ilisi, knn_connectivities, leiden_scores, pca_baseline
+    from gmvae_nb.metrics import exact_neighbors, ilisi, knn_connectivities, leiden_scores
     adata = split(select_genes(load_counts(CELLBENCH), n_top_genes=2000), seed=0)
     model = GMVAE(adata, n_clusters=7, seed=0).fit(progress=False, device="cpu")
     labels, batches = adata.obs["cell_type"].astype(str).to_numpy(), adata.obs["batch"].astype(str).to_numpy()

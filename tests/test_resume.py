@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-import gmvae_nb.train
+import gmvae_nb.checkpoints
+from gmvae_nb.checkpoints import CHECKPOINT_FILE, read_checkpoint
 from gmvae_nb.data import write_h5ad
 from gmvae_nb.simulate import simulate
-from gmvae_nb.train import CHECKPOINT_FILE, TrainConfig, fit_module, read_checkpoint
+from gmvae_nb.train import TrainConfig, fit_module
 
 CLI = str(Path(sys.executable).with_name("gmvae-nb"))
 EPOCHS = 8
@@ -130,7 +131,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one_and_leaves_no_temporary_
             Path(path).write_bytes(b"half a checkpoint")
             raise OSError("No space left on device")
         real_save(obj, path)
-    monkeypatch.setattr(gmvae_nb.train.torch, "save", save)
+    monkeypatch.setattr(gmvae_nb.checkpoints.torch, "save", save)
     with pytest.raises(OSError, match="No space left"):
         fit_module(module, counts, codes, config=TrainConfig(max_epochs=3, n_samples=1), device="cpu", progress=False,
                    checkpoint_dir=tmp_path)

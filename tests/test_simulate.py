@@ -8,7 +8,8 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from threadpoolctl import threadpool_limits
 
-from gmvae_nb.simulate import PRESETS, fit_params, simulate, zero_fraction
+from gmvae_nb.calibrate import fit_params
+from gmvae_nb.simulate import PRESETS, simulate, zero_fraction
 
 SMALL = dict(n_cells=300, n_genes=200)
 STARTERS = {
