@@ -36,8 +36,9 @@ with optional_dependencies("sweep"):
 
 # %% auto #0
 __all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'VALIDATION_FRACTION', 'Run', 'plan_runs', 'run_status',
-           'RunKernelManager', 'execute_notebook_in', 'execute_run', 'canonical_counts', 'check_split', 'prepare_data',
-           'training_progress', 'sweep', 'collect', 'summarize', 'cluster_stability', 'elbo_by_k', 'recommend_k']
+           'RunKernelManager', 'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts', 'check_split',
+           'prepare_data', 'training_progress', 'sweep', 'collect', 'summarize', 'cluster_stability', 'elbo_by_k',
+           'recommend_k']
 
 # %% ../nbs/15_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
@@ -93,13 +94,19 @@ def execute_notebook_in(folder: str | Path, notebook: str | Path, output: str | 
         pm.execute_notebook(str(notebook), str(output), resources={"metadata": {"path": str(folder)}},
                             kernel_manager_class=RunKernelManager, config=config, **kwargs)
 
+# %% ../nbs/15_sweep.ipynb #6d3cef3f
+def clear_attempt(run_dir: str | Path):
+    "Remove error.txt, metrics.json and progress.json, the results of an earlier attempt at the run in `run_dir`."
+    for stale in ("error.txt", "metrics.json", "progress.json"): (Path(run_dir) / stale).unlink(missing_ok=True)
+
+
 # %% ../nbs/15_sweep.ipynb #65d76883
 def execute_run(run_dir: str | Path, parameters: dict, notebook: str | Path = RUN_NOTEBOOK,
                 kernel_name: str | None = None) -> dict:
     "Execute `notebook` with `parameters` (plus `out=run_dir`) into `run_dir/run.ipynb`; returns the run's status and duration."
     run_dir = Path(run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("error.txt", "metrics.json", "progress.json"): (run_dir / stale).unlink(missing_ok=True)
+    clear_attempt(run_dir)
     start = time.perf_counter()
     try:
         execute_notebook_in(run_dir, notebook, run_dir / "run.ipynb", parameters={**parameters, "out": str(run_dir)},
@@ -273,6 +280,7 @@ def sweep(data: str | Path, Ks=BLOG_GRID, repeats: int = 6, out: str | Path = "s
     jobs = [(out / "runs" / r.name, {**parameters, "data": str(data_path), "n_clusters": r.n_clusters,
                                      "seed": r.seed, "threads": threads})
             for r in runs if r.name not in finished]
+    for run_dir, _ in jobs: clear_attempt(run_dir)  # before any starts: a queued run shows no epoch of a killed attempt
     results = (_distributed(jobs, scheduler, notebook, kernel_name) if scheduler
                else _local(jobs, workers, notebook, kernel_name)) if jobs else []
     table = pd.DataFrame([{"run": name, "status": "done"} for name in finished] + results)
