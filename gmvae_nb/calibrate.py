@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import optimize, special, stats
 
-from .simulate import PRESETS, _draw, simulation_config, zero_fraction
+from .simulate import PRESETS, draw_simulation, simulation_config, zero_fraction
 
 # %% auto #0
 __all__ = ['zero_matching_dispersion', 'fit_params']
@@ -130,8 +130,8 @@ def fit_params(
     size = dict(n_cells=min(counts.shape[0], 2000), n_genes=counts.shape[1])
 
     def simulation(factor, df, i):
-        return _draw(simulation_config(preset, params | dict(disp_common=common * factor, disp_trend=trend * factor,
-                                                             disp_df=df), **size), [seed, i])[0]
+        dispersion = dict(disp_common=common * factor, disp_trend=trend * factor, disp_df=df)
+        return draw_simulation(simulation_config(preset, params | dispersion, **size), [seed, i])[0]
 
     def zero_matching_factor(df):
         def zeros(log_factor):

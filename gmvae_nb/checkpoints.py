@@ -15,16 +15,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .distributed import _gathered, process_rank, world_size
+from .distributed import gathered_from_processes, process_rank, world_size
 from .files import atomic_path, leftover_temporaries
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FILE', 'read_checkpoint', 'rows_identity', 'check_identity']
+__all__ = ['CHECKPOINT_FILE', 'SETTINGS_FREE_ON_RESUME', 'read_checkpoint', 'rows_identity', 'check_identity', 'write_checkpoint',
+           'read_checkpoint_from_rank_0', 'set_dropout_rng_states']
 
 # %% ../nbs/09_checkpoints.ipynb #dfdb0795
 CHECKPOINT_FILE = "checkpoint.pt"
-
-_FREE_ON_RESUME = ("max_epochs", "reuse_heap")  # settings a resumed run may change
 
 # %% ../nbs/09_checkpoints.ipynb #780ae18f
 def read_checkpoint(folder: str | Path) -> dict | None:
@@ -65,12 +64,31 @@ def check_identity(saved: dict, current: dict, folder: str | Path):
                              f"is {_describe(new, old)}; resume with the same data, model and settings (max_epochs may "
                              f"differ), or pass another checkpoint_dir")
 
-# %% ../nbs/09_checkpoints.ipynb #861a51d3
+# %% ../nbs/09_checkpoints.ipynb #376490bd
+SETTINGS_FREE_ON_RESUME = ("max_epochs", "reuse_heap")
+
+# %% ../nbs/09_checkpoints.ipynb #3490fc1f
 def _dropout_rng(device: torch.device) -> dict:
     "The states of torch's global generators that draw the dropout masks: the CPU's and a CUDA `device`'s."
     return dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
 
-def _set_dropout_rng(states: list[dict], device: torch.device):
+def write_checkpoint(folder: str | Path, state: dict, device: torch.device):
+    "Write `state` and every process's dropout generators to the checkpoint in `folder` from rank 0, atomically."
+    state = {**state, "dropout_rng": gathered_from_processes(_dropout_rng(device))}
+    if process_rank() == 0:
+        path = Path(folder) / CHECKPOINT_FILE
+        for leftover in leftover_temporaries(path): leftover.unlink(missing_ok=True)  # of writes killed midway
+        with atomic_path(path) as tmp: torch.save(state, tmp)
+
+# %% ../nbs/09_checkpoints.ipynb #66c1d9fa
+def read_checkpoint_from_rank_0(folder: str | Path) -> dict | None:
+    "The checkpoint in `folder` as rank 0 reads it, sent to every process."
+    state = [read_checkpoint(folder) if process_rank() == 0 else None]
+    if world_size() > 1: dist.broadcast_object_list(state, src=0)
+    return state[0]
+
+# %% ../nbs/09_checkpoints.ipynb #db8dbeae
+def set_dropout_rng_states(states: list[dict], device: torch.device):
     "Restore this process's generators from the `states` of all the processes of a checkpointed run."
     if len(states) != world_size():
         warnings.warn(f"the checkpoint was written by {len(states)} processes and is resumed by {world_size()}: "
@@ -79,18 +97,3 @@ def _set_dropout_rng(states: list[dict], device: torch.device):
     state = states[process_rank()]
     torch.set_rng_state(state["cpu"])
     if state["cuda"] is not None and device.type == "cuda": torch.cuda.set_rng_state(state["cuda"], device)
-
-# %% ../nbs/09_checkpoints.ipynb #98299a87
-def _read_on_rank_0(folder: str | Path) -> dict | None:
-    "The checkpoint in `folder` as rank 0 reads it, sent to every process."
-    state = [read_checkpoint(folder) if process_rank() == 0 else None]
-    if world_size() > 1: dist.broadcast_object_list(state, src=0)
-    return state[0]
-
-def _write_checkpoint(folder: str | Path, state: dict, device: torch.device):
-    "Write `state` and every process's dropout generators to the checkpoint in `folder` from rank 0, atomically."
-    state = {**state, "dropout_rng": _gathered(_dropout_rng(device))}
-    if process_rank() == 0:
-        path = Path(folder) / CHECKPOINT_FILE
-        for leftover in leftover_temporaries(path): leftover.unlink(missing_ok=True)  # of writes killed midway
-        with atomic_path(path) as tmp: torch.save(state, tmp)

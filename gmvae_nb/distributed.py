@@ -20,7 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .loaders import CSRLoader, Minibatch
 
 # %% auto #0
-__all__ = ['select_device', 'process_rank', 'world_size', 'process_group', 'ShardedLoader']
+__all__ = ['select_device', 'process_rank', 'world_size', 'process_group', 'ShardedLoader', 'sum_over_pieces',
+           'gathered_from_processes', 'elbo_through_ddp']
 
 # %% ../nbs/08_distributed.ipynb #6c73edf3
 def _mps_available() -> bool:
@@ -93,8 +94,8 @@ class ShardedLoader(CSRLoader):
         "The dense minibatch of this process's piece of the matrix rows `rows`."
         return super().minibatch(rows[slice(*_shard_bounds(len(rows), self.rank, self.world_size))])
 
-# %% ../nbs/08_distributed.ipynb #4d4d5203
-def _sum_over_pieces(loader: CSRLoader, values: list[float]) -> list[float]:
+# %% ../nbs/08_distributed.ipynb #e118b813
+def sum_over_pieces(loader: CSRLoader, values: list[float]) -> list[float]:
     "`values` added up over the processes that each hold one piece of `loader`'s minibatches (as they are for a plain `CSRLoader`)."
     if loader.world_size == 1: return values
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -102,15 +103,17 @@ def _sum_over_pieces(loader: CSRLoader, values: list[float]) -> list[float]:
     dist.all_reduce(total)
     return total.tolist()
 
-def _gathered(value) -> list:
+# %% ../nbs/08_distributed.ipynb #647754ac
+def gathered_from_processes(value) -> list:
     "`value` of every process, in rank order (a collective call under `torchrun`)."
     if world_size() == 1: return [value]
     values = [None] * world_size()
     dist.all_gather_object(values, value)
     return values
 
+# %% ../nbs/08_distributed.ipynb #c2c2c11d
 @contextmanager
-def _through_ddp(module: nn.Module, device: torch.device, compile: bool):
+def elbo_through_ddp(module: nn.Module, device: torch.device, compile: bool):
     "`module.elbo` called through the forward of a `DistributedDataParallel` wrapper, whose backward averages the gradients over the processes; the wrapper is freed on exit, while the process group lives (freed after it, it can hang)."
     wrappers = [DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)]
     if compile: wrappers[0] = torch.compile(wrappers[0], dynamic=True)

@@ -17,7 +17,6 @@ from typing import Callable, Sequence
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from scipy import special, stats
 
 # %% auto #0
-__all__ = ['PRESETS', 'simulation_config', 'sample_nb_counts', 'zero_fraction', 'simulate']
+__all__ = ['PRESETS', 'simulation_config', 'sample_nb_counts', 'zero_fraction', 'draw_simulation', 'simulate']
 
 # %% ../nbs/02_simulate.ipynb #3b9ef229
 _BMMC_TYPES = {  # cell type: (lineage, weight ≈ cells of that type in the full multiome data, rounded to hundreds)
@@ -374,8 +374,8 @@ def zero_fraction(counts) -> float:
         return 1 - np.count_nonzero(stored) / np.prod(counts.shape)
     return float(np.mean(np.asarray(counts) == 0))
 
-# %% ../nbs/02_simulate.ipynb #0c721780
-def _draw(config: dict, seed, n_jobs: int | None = None) -> tuple[sp.csr_matrix, dict, dict]:
+# %% ../nbs/02_simulate.ipynb #7103d8cf
+def draw_simulation(config: dict, seed, n_jobs: int | None = None) -> tuple[sp.csr_matrix, dict, dict]:
     "Draw the ground truth and the counts of a simulation: (counts, gene-level truth, cell-level truth)."
     genes_seed, cells_seed, counts_seed = np.random.SeedSequence(seed).spawn(3)
     genes = _gene_truth(config, np.random.default_rng(genes_seed))
@@ -385,7 +385,7 @@ def _draw(config: dict, seed, n_jobs: int | None = None) -> tuple[sp.csr_matrix,
                               counts_seed, n_jobs)
     return counts, genes, cells
 
-
+# %% ../nbs/02_simulate.ipynb #a3ae24e7
 def _storable(value):
     "`value` in a form h5ad can store: sequences as arrays, float64 arrays as float32, numpy scalars as Python ones."
     if isinstance(value, (tuple, list)):
@@ -394,7 +394,7 @@ def _storable(value):
         return value.astype(np.float32)
     return value.item() if isinstance(value, np.generic) else value
 
-# %% ../nbs/02_simulate.ipynb #a3ae24e7
+
 def simulate(
     preset: str = "bmmc",  # name of a preset in `PRESETS`: "bmmc" (full size) or "default" (small)
     n_cells: int | None = None,  # number of cells (None: the preset's)
@@ -410,7 +410,7 @@ def simulate(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
     config = simulation_config(preset, params, n_cells, n_genes, n_types, n_batches, **overrides)
-    counts, genes, cells = _draw(config, int(seed), n_jobs)
+    counts, genes, cells = draw_simulation(config, int(seed), n_jobs)
     batches = list(config["batches"])
     lineage_of = np.array([list(genes["lineages"]).index(l) for l in config["lineages"]])
 

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoints import (_FREE_ON_RESUME, _read_on_rank_0, _set_dropout_rng, _write_checkpoint, check_identity,
-                                  rows_identity)
-from .distributed import (ShardedLoader, _sum_over_pieces, _through_ddp, process_group, process_rank,
-                                  select_device, world_size)
+from .checkpoints import SETTINGS_FREE_ON_RESUME, check_identity, rows_identity
+from .checkpoints import read_checkpoint_from_rank_0, set_dropout_rng_states, write_checkpoint
+from .distributed import ShardedLoader, process_group, process_rank, select_device, world_size
+from .distributed import elbo_through_ddp, sum_over_pieces
 from .elbo import TERMS
 from .elbo import loss as elbo_loss
 from .loaders import CSRLoader, Minibatch
@@ -139,7 +139,7 @@ def train_epoch(module: nn.Module, loader: CSRLoader, optimizer: torch.optim.Opt
         for t, v in zip(TERMS, values): sums[t] += v * len(mb.index)
         cells += len(mb.index)
         if bar is not None: bar.update()
-    *totals, cells = _sum_over_pieces(loader, [*sums.values(), cells])
+    *totals, cells = sum_over_pieces(loader, [*sums.values(), cells])
     return {**{t: s / cells for t, s in zip(TERMS, totals)}, "kl_weight": weight}
 
 # %% ../nbs/10_train.ipynb #c9a840eb
@@ -160,7 +160,7 @@ def evaluate(module: nn.Module, loader: CSRLoader, n_samples: int = 10, seed: in
             for t, v in zip(TERMS, torch.stack([terms[t].sum() for t in TERMS]).tolist()): sums[t] += v
     finally:
         module.train(was_training)
-    return {t: s / loader.n_cells for t, s in zip(TERMS, _sum_over_pieces(loader, list(sums.values())))}
+    return {t: s / loader.n_cells for t, s in zip(TERMS, sum_over_pieces(loader, list(sums.values())))}
 
 # %% ../nbs/10_train.ipynb #b83f20e6
 _MALLOC_ENVIRONMENT = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
@@ -251,13 +251,13 @@ def fit_module(module: nn.Module,
         identity = {**(identity or {}), "seed": seed, "cells x genes": list(train.counts.shape),
                     "train rows": rows_identity(train.indices),
                     "validation rows": rows_identity(None if validation is None else validation.indices),
-                    "settings": {k: v for k, v in asdict(config).items() if k not in _FREE_ON_RESUME}}
+                    "settings": {k: v for k, v in asdict(config).items() if k not in SETTINGS_FREE_ON_RESUME}}
         module.to(device)
         optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                      fused=device.type in ("cpu", "cuda"))  # one kernel for all parameters
         generator = torch.Generator(device=device).manual_seed(seeds["samples"])
         run = dict(epoch=0, history=[], best=math.inf, best_epoch=0, best_state=None, waited=0, stopped_early=False)
-        saved = _read_on_rank_0(checkpoint_dir) if resume else None
+        saved = read_checkpoint_from_rank_0(checkpoint_dir) if resume else None
         if resume and saved is None and rank == 0:
             warnings.warn(f"no checkpoint in '{checkpoint_dir}' to resume from: training from the first epoch")
         if saved is not None:
@@ -272,10 +272,10 @@ def fit_module(module: nn.Module,
         elbo = torch.compile(module.elbo, dynamic=True) if config.compile else None
         bar = tqdm(total=(config.max_epochs - run["epoch"]) * len(train), disable=not progress or rank != 0,
                    unit="step", dynamic_ncols=True)
-        synced = _through_ddp(module, device, config.compile) if pieces["world_size"] > 1 else nullcontext(elbo)
+        synced = elbo_through_ddp(module, device, config.compile) if pieces["world_size"] > 1 else nullcontext(elbo)
         with synced as step_elbo, _forked_rng(device), reused_heap(config.reuse_heap):
             torch.manual_seed(seeds["dropout"] + rank)
-            if saved is not None: _set_dropout_rng(saved["dropout_rng"], device)
+            if saved is not None: set_dropout_rng_states(saved["dropout_rng"], device)
             while run["epoch"] < config.max_epochs and not run["stopped_early"]:
                 epoch = run["epoch"] = run["epoch"] + 1
                 started = time.perf_counter()
@@ -303,7 +303,7 @@ def fit_module(module: nn.Module,
                     run["stopped_early"] = config.early_stopping and run["waited"] >= config.patience
                 if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or epoch == config.max_epochs
                                                    or run["stopped_early"]):
-                    _write_checkpoint(checkpoint_dir, dict(
+                    write_checkpoint(checkpoint_dir, dict(
                         identity=identity, run=run, module=module.state_dict(), optimizer=optimizer.state_dict(),
                         shuffle_rng=train.rng.bit_generator.state, noise_rng=generator.get_state()), device)
         bar.close()
