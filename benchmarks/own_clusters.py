@@ -2,7 +2,7 @@
 `GMVAE(adata, n_clusters=K, seed=s, **model).fit(**training)` for each variant of `VARIANTS`.
 
 Runs every (data set, seed, variant) in its own process, `--workers` at a time with `--threads` each, and prints one
-JSON line per run and a table of medians. Recovery uses data seed = model seed (`--recovery-seeds`, as in
+JSON line per run (with the held-out −ELBO per cell of the kept weights, to compare starts without labels) and a table of medians. Recovery uses data seed = model seed (`--recovery-seeds`, as in
 `benchmarks/quality.py`); the other sets use data seed 0 and model seeds `--seeds`. `--prepared DIR` reads each data
 set from DIR/NAME_SEED.h5ad, as `quality.load` makes it (for a machine without scanpy or ../shared).
 
@@ -21,7 +21,14 @@ VARIANTS = {  # name -> (GMVAE's settings, fit's settings)
     "gmm": ({}, dict(init_mixture="gmm")),  # the mixture restarted from a Gaussian mixture on x after 60 epochs
     "learn_pi": (dict(learn_pi=True), {}),  # π learned: components the data do not need can empty
     "gmm_learn_pi": (dict(learn_pi=True), dict(init_mixture="gmm")),
+    "warmup": ({}, dict(warmup_epochs=100)),  # the prior terms' weight rises from 0 to 1 over the first 100 epochs
 }
+
+
+def held_out_neg_elbo(model, adata) -> dict:
+    "The −ELBO per cell (10 draws) of the validation and of the test cells of `adata`, with the weights `fit` kept."
+    terms = model.elbo_terms(adata).sum(axis=1)
+    return {f"{part}_neg_elbo": float(terms[(adata.obs["split"] == part).to_numpy()].mean()) for part in ("validation", "test")}
 
 
 def one(name: str, data_seed: int, seed: int, variant: str, threads: int, device: str, prepared: str | None) -> dict:
@@ -45,7 +52,7 @@ def one(name: str, data_seed: int, seed: int, variant: str, threads: int, device
     seconds = time.perf_counter() - started
     clusters, x = model.predict(), model.get_latent()
     return dict(data=name, data_seed=data_seed, seed=seed, variant=variant, K=K, seconds=round(seconds, 1),
-                epochs=len(model.history), used=int(len(np.unique(clusters))),
+                epochs=len(model.history), **held_out_neg_elbo(model, adata), used=int(len(np.unique(clusters))),
                 own_ari=adjusted_rand_score(labels, clusters), own_nmi=normalized_mutual_info_score(labels, clusters),
                 kmeans_ari=adjusted_rand_score(labels, KMeans(K, n_init=10, random_state=0).fit_predict(x)))
 
@@ -71,6 +78,6 @@ if __name__ == "__main__":
             print(json.dumps(rows[-1]), flush=True)
     import pandas as pd
     table = pd.DataFrame(rows)
-    medians = table.groupby(["data", "variant"])[["own_ari", "own_nmi", "used", "kmeans_ari", "seconds"]].median()
+    medians = table.groupby(["data", "variant"])[["own_ari", "own_nmi", "used", "kmeans_ari", "validation_neg_elbo", "test_neg_elbo", "seconds"]].median()
     medians["runs with own ARI >= 0.9"] = table.groupby(["data", "variant"])["own_ari"].apply(lambda a: int((a >= 0.9).sum()))
     print(medians.round(3).to_string())
