@@ -11,6 +11,7 @@ import inspect
 import json
 import warnings
 from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,7 +31,8 @@ from .modules import GMVAEModule
 from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'GMVAE', 'continued_history', 'restart_seed', 'final_neg_elbo']
+__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'GMVAE', 'continued_history', 'restart_seed',
+           'final_neg_elbo', 'restart_agreement', 'choose_restart']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -197,6 +199,36 @@ def final_neg_elbo(history: pd.DataFrame) -> float:
     column = "validation_neg_elbo" if "validation_neg_elbo" in history else "train_neg_elbo"
     return float(history[column].iloc[history.attrs["kept_epoch"] - 1])
 
+# %% ../nbs/11_model.ipynb #4b2af2e4
+def restart_agreement(
+    clusterings: Sequence[np.ndarray],  # one cluster per cell from each restart, on the same cells in the same order
+) -> list[float]:  # per restart: its mean ARI with the other restarts' clusters; NaN for a single restart
+    "Each clustering's mean adjusted Rand index with the others."
+    from sklearn.metrics import adjusted_rand_score
+    if len(clusterings) == 1: return [float("nan")]
+    ari = np.eye(len(clusterings))
+    for i, j in combinations(range(len(clusterings)), 2):
+        ari[i, j] = ari[j, i] = adjusted_rand_score(clusterings[i], clusterings[j])
+    return [float((row.sum() - 1) / (len(row) - 1)) for row in ari]
+
+
+# %% ../nbs/11_model.ipynb #cec8ff22
+def choose_restart(
+    neg_elbos: Sequence[float],  # per restart: its final −ELBO per cell (`final_neg_elbo`)
+    agreements: Sequence[float],  # per restart: its clusters' mean ARI with the others' (`restart_agreement`)
+    tolerance: float = 1e-9,  # agreements this close to the highest count as equal
+) -> int:
+    "Index of the restart whose clusters agree most with the others'; among equals, the one with the lowest −ELBO."
+    agreements = np.asarray(agreements, dtype=float)
+    if np.isnan(agreements).all(): agreements = np.zeros(len(agreements))
+    equals = np.flatnonzero(agreements >= np.nanmax(agreements) - tolerance)
+    return int(equals[np.argmin(np.asarray(neg_elbos, dtype=float)[equals])])
+
+
+# %% ../nbs/11_model.ipynb #b48fe511
+DEFAULT_N_INIT = 3  # fit's restarts of a model's first fit: the one whose clusters agree most with the other two's is kept
+
+
 # %% ../nbs/11_model.ipynb #ad292ac0
 @patch
 @delegates(TrainConfig)
@@ -204,7 +236,7 @@ def fit(self: GMVAE,
         split_key: str | None = "split",  # obs column with train/validation/test; None or absent: train on all cells
         device: str = "auto",             # auto|cpu|cuda|mps
         progress: bool = True,            # show a tqdm bar with the loss terms
-        n_init: int = 1,                  # train this many models from different initial weights; keep the lowest final −ELBO
+        n_init: int | None = None,        # train this many models from different initial weights and keep the one whose clusters agree most with the others'; None: `DEFAULT_N_INIT`, or 1 to continue or checkpoint a run
         checkpoint_dir: str | Path | None = None,  # write a checkpoint of the run to this folder (see train)
         checkpoint_every: int = 1,        # epochs between checkpoints (one is also written after the last epoch)
         resume: bool = False,             # continue the run checkpointed in `checkpoint_dir` up to `max_epochs`
@@ -214,6 +246,7 @@ def fit(self: GMVAE,
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
     config = TrainConfig(**(SETTINGS[self.settings]["training"] | kwargs))
+    if n_init is None: n_init = 1 if len(self.history) or checkpoint_dir is not None else DEFAULT_N_INIT
     if int(n_init) != n_init: raise ValueError(f"n_init must be a whole number, got {n_init!r}")
     if n_init < 1: raise ValueError(f"n_init must be at least 1, got {n_init}")
     if n_init > 1 and len(self.history):
@@ -232,7 +265,7 @@ def fit(self: GMVAE,
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
                     model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)})
-    scores, best = [], None
+    restarts = []  # per restart: (history, module, final −ELBO, clusters of every cell)
     for restart in range(n_init):
         seed = restart_seed(self.seed, restart)
         if restart: self.module = self._new_module(seed)
@@ -248,13 +281,15 @@ def fit(self: GMVAE,
                              checkpoint_dir=checkpoint_dir, label=label, checkpoint_every=checkpoint_every, resume=resume,
                              identity=identity, on_epoch=on_epoch)
         if init_mixture: history = continued_history(before, history)
-        if n_init > 1: scores.append(final_neg_elbo(history))  # a single run needs no score
-        if best is None or scores[-1] < scores[best[0]]: best = (restart, history, self.module)
-    chosen, history, self.module = best
+        clusters = self._sampled_terms(None, 10, 1024)[1]["proba"].argmax(1) if n_init > 1 else None  # one run: no choice
+        restarts.append((history, self.module, final_neg_elbo(history), clusters))
+    scores, agreements = [r[2] for r in restarts], restart_agreement([r[3] for r in restarts])
+    chosen = choose_restart(scores, agreements)
+    history, self.module = restarts[chosen][:2]
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
     self.train_config = history.attrs["config"] | dict(n_init=n_init)  # with max_epochs resolved for the training cells
-    if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_chosen=chosen)
+    if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_agreement=agreements, restart_chosen=chosen)
     if init_mixture: self.train_config |= dict(init_mixture=init_mixture, init_epochs=int(init_epochs))
     return self
 
@@ -375,7 +410,8 @@ def _mixture_from_embedding(self: GMVAE, cells: np.ndarray, seed: int) -> tuple[
         raise ValueError(f"init_mixture fits {self.n_clusters} components to the {len(cells)} training cells: "
                          "it needs at least as many cells as components")
     _, out = self._per_cell(None, lambda mb: dict(x=self.module.encode(mb.counts, mb.batch)["x_mean"]), indices=cells)
-    mixture = GaussianMixture(self.n_clusters, covariance_type="diag", n_init=3, random_state=seed).fit(out["x"])
+    mixture = GaussianMixture(self.n_clusters, covariance_type="diag", n_init=3,
+                              random_state=seed % 2**32).fit(out["x"])  # a restart's seed has 63 bits, scikit-learn takes 32
     return torch.as_tensor(mixture.means_), torch.as_tensor(mixture.covariances_)
 
 

@@ -18,7 +18,7 @@ from sklearn.metrics import adjusted_rand_score
 import gmvae_nb
 import gmvae_nb.model
 from gmvae_nb.data import load_counts, split
-from gmvae_nb.model import FORMAT_VERSION, GMVAE
+from gmvae_nb.model import FORMAT_VERSION, GMVAE, choose_restart
 from gmvae_nb.simulate import simulate
 from gmvae_nb.distributed import select_device
 
@@ -337,12 +337,13 @@ def test_cli_fit_writes_model_and_annotated_h5ad(tmp_path):
     assert {"X_gmvae", "X_gmvae_w", "gmvae_proba"} <= set(annotated.obsm) and "gmvae_cluster" in annotated.obs
     loaded = GMVAE.load(tmp_path / "run" / "model", annotated, device="cpu")
     np.testing.assert_array_equal(loaded.get_latent(), annotated.obsm["X_gmvae"])
-    assert loaded.train_config["n_init"] == 1 and "restart_neg_elbo" not in loaded.train_config
-    restarted = subprocess.run(command + ["--n-init", "2", "--out", str(tmp_path / "restarted")], capture_output=True, text=True)
-    assert restarted.returncode == 0, restarted.stderr
-    training = GMVAE.load(tmp_path / "restarted" / "model", annotated, device="cpu").train_config
-    assert len(training["restart_neg_elbo"]) == 2
-    assert training["restart_neg_elbo"][training["restart_chosen"]] == min(training["restart_neg_elbo"])
+    training = loaded.train_config  # three restarts by default, the most agreeing kept
+    assert training["n_init"] == 3 and len(training["restart_neg_elbo"]) == len(training["restart_agreement"]) == 3
+    assert training["restart_chosen"] == choose_restart(training["restart_neg_elbo"], training["restart_agreement"])
+    single = subprocess.run(command + ["--n-init", "1", "--out", str(tmp_path / "single")], capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    training = GMVAE.load(tmp_path / "single" / "model", annotated, device="cpu").train_config
+    assert training["n_init"] == 1 and "restart_neg_elbo" not in training
     bad = subprocess.run(command[:2] + [str(data), "--batch-key", "donor_id", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "donor_id" in bad.stderr and "Pass --batch-key <column>" in bad.stderr
