@@ -23,7 +23,7 @@ from fastcore.basics import patch
 from fastcore.meta import delegates
 
 from .data import check_cells_have_batches, check_counts, check_unique_genes, count_matrix
-from .distributed import process_rank, select_device
+from .distributed import process_group, process_rank, select_device
 from .elbo import TERMS
 from .files import atomic_path, write_json_atomic
 from .loaders import CSRLoader, DiskRows, Minibatch, on_disk
@@ -266,23 +266,25 @@ def fit(self: GMVAE,
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
                     model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)})
     restarts = []  # per restart: (history, module, final −ELBO, clusters of every cell)
-    for restart in range(n_init):
-        seed = restart_seed(self.seed, restart)
-        if restart: self.module = self._new_module(seed)
-        label, before = f"restart {restart + 1}/{n_init}, " if n_init > 1 else "", None
-        if init_mixture:
-            before = fit_module(self.module, counts, codes, train, validation,
-                                replace(config, max_epochs=int(init_epochs), early_stopping=False), device=device,
-                                seed=seed, progress=progress, label=label + "before the mixture's initialisation, ",
-                                on_epoch=on_epoch)
-            self.module.set_mixture(*self._mixture_from_embedding(train, seed))
-        history = fit_module(self.module, counts, codes, train, validation, config, device=device,
-                             seed=seed + len(self.history) + (len(before) if init_mixture else 0), progress=progress,
-                             checkpoint_dir=checkpoint_dir, label=label, checkpoint_every=checkpoint_every, resume=resume,
-                             identity=identity, on_epoch=on_epoch)
-        if init_mixture: history = continued_history(before, history)
-        clusters = self._sampled_terms(None, 10, 1024)[1]["proba"].argmax(1) if n_init > 1 else None  # one run: no choice
-        restarts.append((history, self.module, final_neg_elbo(history), clusters))
+    with process_group(select_device(device)):  # under torchrun, one process group for all of this fit's trainings
+        for restart in range(n_init):
+            seed = restart_seed(self.seed, restart)
+            if restart: self.module = self._new_module(seed)
+            label, before = f"restart {restart + 1}/{n_init}, " if n_init > 1 else "", None
+            if init_mixture:
+                before = fit_module(self.module, counts, codes, train, validation,
+                                    replace(config, max_epochs=int(init_epochs), early_stopping=False), device=device,
+                                    seed=seed, progress=progress, label=label + "before the mixture's initialisation, ",
+                                    on_epoch=on_epoch)
+                self.module.set_mixture(*self._mixture_from_embedding(train, seed))
+            history = fit_module(self.module, counts, codes, train, validation, config, device=device,
+                                 seed=seed + len(self.history) + (len(before) if init_mixture else 0), progress=progress,
+                                 checkpoint_dir=checkpoint_dir, label=label, checkpoint_every=checkpoint_every, resume=resume,
+                                 identity=identity, on_epoch=on_epoch)
+            if init_mixture: history = continued_history(before, history)
+            if n_init == 1: restarts.append((history, self.module, None, None))  # one run: nothing to choose from
+            else: restarts.append((history, self.module, final_neg_elbo(history),
+                                   self._sampled_terms(None, 10, 1024)[1]["proba"].argmax(1)))  # its clusters, as predict() gives them
     scores, agreements = [r[2] for r in restarts], restart_agreement([r[3] for r in restarts])
     chosen = choose_restart(scores, agreements)
     history, self.module = restarts[chosen][:2]

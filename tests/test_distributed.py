@@ -78,7 +78,7 @@ def test_cli_under_torchrun_writes_from_rank_0_and_resumes(tmp_path):
     def fit(out, epochs, *extra):
         return torchrun("--no-python", CLI, "fit", data, "--out", tmp_path / out, "-K", "3", "--epochs", epochs, "-M", "1",
                         "--n-x", "8", "--n-w", "4", "--quiet", *extra)
-    fit("whole", 4)
+    fit("whole", 4, "--n-init", "1")  # one model, as a checkpointed run trains
     result = fit("half", 2, "--checkpoint-dir", tmp_path / "checkpoints")
     assert result.stdout.count("fitted K=3 to 400 cells x 100 genes in 2 epochs") == 1
     assert sorted(p.name for p in (tmp_path / "half").iterdir()) == ["adata.h5ad", "model"]
