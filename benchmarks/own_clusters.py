@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 VARIANTS = {  # name -> (GMVAE's settings, fit's settings)
-    "default": ({}, {}),
+    "default": ({}, {}),  # three restarts, the third with its mixture started from x (init_mixture="mixed")
+    "own_starts": ({}, dict(init_mixture=None)),  # three restarts, all from the networks' own initialisation
     "gmm": ({}, dict(init_mixture="gmm")),  # the mixture restarted from a Gaussian mixture on x after 60 epochs
     "learn_pi": (dict(learn_pi=True), {}),  # π learned: components the data do not need can empty
     "gmm_learn_pi": (dict(learn_pi=True), dict(init_mixture="gmm")),
@@ -31,6 +32,15 @@ def held_out_neg_elbo(model, adata) -> dict:
     return {f"{part}_neg_elbo": float(terms[(adata.obs["split"] == part).to_numpy()].mean()) for part in ("validation", "test")}
 
 
+def load_prepared(name: str, data_seed: int, prepared: str | None):
+    "Data set `name` of `data_seed` as `quality.load` makes it: read from PREPARED/NAME_SEED.h5ad, or made now without `prepared`."
+    if prepared:
+        import anndata as ad
+        return ad.read_h5ad(Path(prepared) / f"{name}_{data_seed}.h5ad")
+    from quality import load
+    return load(name, data_seed)
+
+
 def one(name: str, data_seed: int, seed: int, variant: str, threads: int, device: str, prepared: str | None) -> dict:
     "Fit one model; its own clusters' ARI and NMI against the labels, clusters used, and k-means on x for comparison."
     import numpy as np
@@ -39,12 +49,7 @@ def one(name: str, data_seed: int, seed: int, variant: str, threads: int, device
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
     from gmvae_nb.model import GMVAE
     torch.set_num_threads(threads)
-    if prepared:
-        import anndata as ad
-        adata = ad.read_h5ad(Path(prepared) / f"{name}_{data_seed}.h5ad")
-    else:
-        from quality import load
-        adata = load(name, data_seed)
+    adata = load_prepared(name, data_seed, prepared)
     labels, K = adata.obs["cell_type"].to_numpy(), adata.obs["cell_type"].nunique()
     started = time.perf_counter()
     settings, training = VARIANTS[variant]
@@ -52,7 +57,8 @@ def one(name: str, data_seed: int, seed: int, variant: str, threads: int, device
     seconds = time.perf_counter() - started
     clusters, x = model.predict(), model.get_latent()
     return dict(data=name, data_seed=data_seed, seed=seed, variant=variant, K=K, seconds=round(seconds, 1),
-                epochs=len(model.history), **held_out_neg_elbo(model, adata), used=int(len(np.unique(clusters))),
+                epochs=len(model.history), kept_start=model.train_config["init_mixture"],
+                **held_out_neg_elbo(model, adata), used=int(len(np.unique(clusters))),
                 own_ari=adjusted_rand_score(labels, clusters), own_nmi=normalized_mutual_info_score(labels, clusters),
                 kmeans_ari=adjusted_rand_score(labels, KMeans(K, n_init=10, random_state=0).fit_predict(x)))
 

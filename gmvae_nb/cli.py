@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 
 # %% auto #0
-__all__ = ['TRAIN_OPTIONS', 'NONE_SPELLINGS', 'DATA_OPTIONS', 'FIT_OPTIONS', 'MODEL_SETTINGS', 'SWEEP_OPTIONS',
+__all__ = ['NONE_SPELLINGS', 'TRAIN_OPTIONS', 'DATA_OPTIONS', 'FIT_OPTIONS', 'MODEL_SETTINGS', 'SWEEP_OPTIONS',
            'MAIN_JOB_TRAINING', 'simulate_command', 'add_library_options', 'given', 'fit_command', 'add_fit_parser',
            'add_sweep_options', 'sweep_command', 'report_command', 'main_command', 'build_parser', 'in_flags', 'main']
 
@@ -32,6 +32,14 @@ def simulate_command(args: argparse.Namespace) -> Path:
           f"({adata.obs['batch'].nunique()} batches, {adata.obs['cell_type'].nunique()} cell types) to {path}")
     return path
 
+# %% ../nbs/12_cli.ipynb #7c187ac4
+NONE_SPELLINGS = {"layer": "X", "batch_key": "none", "label_key": "none", "init_mixture": "none"}  # how the command line writes the library's None
+
+def _none_as(dest: str):
+    "An argparse type for the option of `dest`: the value given, or None for the word `NONE_SPELLINGS[dest]`."
+    def value(text: str) -> str | None: return None if text == NONE_SPELLINGS[dest] else text
+    return value
+
 # %% ../nbs/12_cli.ipynb #2133b07c
 TRAIN_OPTIONS = {  # options of fit, sweep and main -> argparse settings, with the library's default (what --help shows)
     ("--epochs",): dict(dest="max_epochs", type=int, help="training epochs (default: scaled to the number of training cells)",
@@ -46,9 +54,11 @@ TRAIN_OPTIONS = {  # options of fit, sweep and main -> argparse settings, with t
     ("--n-init",): dict(dest="n_init", type=int, default=None,
                         help="models trained from different initial weights; the one whose clusters agree most with the "
                              "others' is kept (default: 3, and 1 with --checkpoint-dir)"),
-    ("--init-mixture",): dict(dest="init_mixture", choices=("gmm",), default=None,
-                              help="gmm: after --init-epochs epochs, restart the mixture from a Gaussian mixture fitted "
-                                   "to the embedding (VaDE's start; default: none, the mixture as initialised)"),
+    ("--init-mixture",): dict(dest="init_mixture", type=_none_as("init_mixture"), choices=(None, "gmm", "mixed"),
+                              default="mixed",
+                              help="how the restarts start their mixture: gmm, after --init-epochs epochs, from a Gaussian "
+                                   "mixture fitted to the embedding (VaDE's start); mixed, every third restart so and the "
+                                   "others as initialised; none, all as initialised"),
     ("--init-epochs",): dict(dest="init_epochs", type=int, default=60,
                              help="epochs trained before --init-mixture fits its Gaussian mixture"),
 }
@@ -72,14 +82,6 @@ def add_library_options(command: argparse.ArgumentParser, options: dict, **overr
 def given(args: argparse.Namespace, options: dict) -> dict:
     "The settings of `options` that the command line gave or the command set: what is passed on to the library."
     return {s["dest"]: getattr(args, s["dest"]) for s in options.values() if hasattr(args, s["dest"])}
-
-# %% ../nbs/12_cli.ipynb #7c187ac4
-NONE_SPELLINGS = {"layer": "X", "batch_key": "none", "label_key": "none"}  # how the command line writes the library's None
-
-def _none_as(dest: str):
-    "An argparse type for the option of `dest`: the value given, or None for the word `NONE_SPELLINGS[dest]`."
-    def value(text: str) -> str | None: return None if text == NONE_SPELLINGS[dest] else text
-    return value
 
 # %% ../nbs/12_cli.ipynb #3da901d1
 DATA_OPTIONS = {  # how fit and sweep read the user's .h5ad -> argparse settings, with load_counts' (and sweep's) default

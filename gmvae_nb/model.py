@@ -31,8 +31,8 @@ from .modules import GMVAEModule
 from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'GMVAE', 'continued_history', 'restart_seed',
-           'final_neg_elbo', 'restart_agreement', 'choose_restart']
+__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'GMVAE', 'restart_mixture_start', 'continued_history',
+           'restart_seed', 'final_neg_elbo', 'restart_agreement', 'choose_restart']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -166,7 +166,16 @@ def _loader(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024,
     return adata, CSRLoader(self._aligned_counts(adata), self._batch_codes(adata), indices, batch_size=batch_size)
 
 # %% ../nbs/11_model.ipynb #ede36c67
-MIXTURE_INITS = (None, "gmm")  # fit(init_mixture=…): None keeps the networks' own initialisation
+MIXTURE_INITS = (None, "gmm", "mixed")  # fit(init_mixture=…): None keeps the networks' own initialisation
+
+def restart_mixture_start(
+    init_mixture: str | None,  # fit's init_mixture: None, "gmm" or "mixed"
+    restart: int,  # 0 for the first restart
+) -> str | None:  # "gmm" or None
+    "How restart `restart` of `fit(init_mixture=…)` starts its mixture: 'gmm' from a Gaussian mixture on x, None as initialised."
+    if init_mixture == "mixed": return "gmm" if restart % 3 == 2 else None
+    return init_mixture
+
 
 # %% ../nbs/11_model.ipynb #6bce23af
 def continued_history(first: pd.DataFrame, then: pd.DataFrame) -> pd.DataFrame:
@@ -240,7 +249,7 @@ def fit(self: GMVAE,
         checkpoint_dir: str | Path | None = None,  # write a checkpoint of the run to this folder (see train)
         checkpoint_every: int = 1,        # epochs between checkpoints (one is also written after the last epoch)
         resume: bool = False,             # continue the run checkpointed in `checkpoint_dir` up to `max_epochs`
-        init_mixture: str | None = None,  # "gmm": after `init_epochs` epochs, restart the mixture from a Gaussian mixture on x
+        init_mixture: str | None = "mixed",  # "gmm": after `init_epochs` epochs, restart the mixture from a Gaussian mixture on x; "mixed": every third restart does; None: none does
         init_epochs: int = 60,            # epochs trained before `init_mixture` fits its Gaussian mixture
         on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
@@ -256,7 +265,8 @@ def fit(self: GMVAE,
         raise ValueError(f"n_init={n_init} cannot be combined with checkpoint_dir, which holds one run: to checkpoint "
                          "the restarts, train them one by one with seed=gmvae_nb.model.restart_seed(seed, i)")
     if init_mixture not in MIXTURE_INITS: raise ValueError(f"init_mixture must be one of {MIXTURE_INITS}, got {init_mixture!r}")
-    if init_mixture and (len(self.history) or checkpoint_dir is not None):
+    starts = [restart_mixture_start(init_mixture, restart) for restart in range(n_init)]
+    if "gmm" in starts and (len(self.history) or checkpoint_dir is not None):
         raise ValueError(f"init_mixture={init_mixture!r} starts a model's first fit and cannot be checkpointed; this model has "
                          f"trained {len(self.history)} epochs and checkpoint_dir is {checkpoint_dir!r}")
     if init_mixture and (int(init_epochs) != init_epochs or init_epochs < 1):
@@ -271,17 +281,17 @@ def fit(self: GMVAE,
             seed = restart_seed(self.seed, restart)
             if restart: self.module = self._new_module(seed)
             label, before = f"restart {restart + 1}/{n_init}, " if n_init > 1 else "", None
-            if init_mixture:
+            if starts[restart] == "gmm":
                 before = fit_module(self.module, counts, codes, train, validation,
                                     replace(config, max_epochs=int(init_epochs), early_stopping=False), device=device,
                                     seed=seed, progress=progress, label=label + "before the mixture's initialisation, ",
                                     on_epoch=on_epoch)
                 self.module.set_mixture(*self._mixture_from_embedding(train, seed))
             history = fit_module(self.module, counts, codes, train, validation, config, device=device,
-                                 seed=seed + len(self.history) + (len(before) if init_mixture else 0), progress=progress,
+                                 seed=seed + len(self.history) + (0 if before is None else len(before)), progress=progress,
                                  checkpoint_dir=checkpoint_dir, label=label, checkpoint_every=checkpoint_every, resume=resume,
                                  identity=identity, on_epoch=on_epoch)
-            if init_mixture: history = continued_history(before, history)
+            if before is not None: history = continued_history(before, history)
             if n_init == 1: restarts.append((history, self.module, None, None))  # one run: nothing to choose from
             else: restarts.append((history, self.module, final_neg_elbo(history),
                                    self._sampled_terms(None, 10, 1024)[1]["proba"].argmax(1)))  # its clusters, as predict() gives them
@@ -291,8 +301,10 @@ def fit(self: GMVAE,
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
     self.train_config = history.attrs["config"] | dict(n_init=n_init)  # with max_epochs resolved for the training cells
-    if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_agreement=agreements, restart_chosen=chosen)
-    if init_mixture: self.train_config |= dict(init_mixture=init_mixture, init_epochs=int(init_epochs))
+    self.train_config |= dict(init_mixture=starts[chosen])  # how the kept model's mixture started: "gmm" or None
+    if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_agreement=agreements, restart_chosen=chosen,
+                                             restart_init_mixture=starts)
+    if "gmm" in starts: self.train_config |= dict(init_epochs=int(init_epochs))
     return self
 
 # %% ../nbs/11_model.ipynb #e760003a

@@ -1,0 +1,78 @@
+"""Which starts should `fit`'s restarts have? Each restart that `GMVAE(adata, n_clusters=K, seed=SEED).fit()` draws
+(`restart_seed(SEED, i)`, i = 0, 1, 2) is trained on its own from both starts — the networks' own initialisation
+(`init_mixture=None`) and the mixture fitted to x (`"gmm"`) — and the choice by agreement (`choose_restart`) is then
+made afterwards for each combination of starts: three own (`ooo`), three from x (`ggg`), two own and the third from x
+(`oog`, `init_mixture="mixed"`), and so on. Prints one line per data set with every run's own-cluster ARI against the
+labels and the ARI of the restart each combination keeps, then the recovery simulation's count of data seeds at or
+above 0.9. Also records each run's own ARI at a few epochs of its training (`--snapshots`), to see when the clusters
+settle. Data as in `benchmarks/own_clusters.py` (data seed 0; recovery: data seeds `--recovery-seeds`).
+
+    .venv/bin/python benchmarks/restart_starts.py --workers 2 --threads 1 --prepared DIR
+"""
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+COMBINATIONS = {"ooo": (None, None, None), "ggg": ("gmm", "gmm", "gmm"), "oog": (None, None, "gmm"),
+                "ogg": (None, "gmm", "gmm")}  # the start of restart 0, 1, 2
+
+
+def one(name: str, data_seed: int, seed: int, restart: int, start: str | None, threads: int, prepared: str | None,
+        snapshots: tuple[int, ...]) -> dict:
+    "Restart `restart` of seed `seed`, trained from `start`: its clusters of all cells, and its own ARI at `snapshots` epochs."
+    import numpy as np
+    import torch
+    from sklearn.metrics import adjusted_rand_score
+    from gmvae_nb.model import GMVAE, restart_seed
+    from own_clusters import load_prepared
+    torch.set_num_threads(threads)
+    adata = load_prepared(name, data_seed, prepared)
+    labels, K = adata.obs["cell_type"].to_numpy(), adata.obs["cell_type"].nunique()
+    model, over_training = GMVAE(adata, n_clusters=K, seed=restart_seed(seed, restart)), {}
+
+    def snapshot(row: dict):  # the clusters as predict() would give them now, in eval mode, then back to training
+        if row["epoch"] in snapshots:
+            with torch.no_grad(): clusters = model._sampled_terms(None, 10, 1024)[1]["proba"].argmax(1)
+            model.module.train()
+            over_training[row["epoch"]] = round(adjusted_rand_score(labels, clusters), 3)
+    model.fit(progress=False, n_init=1, init_mixture=start, on_epoch=None if start else snapshot)
+    clusters = model.predict()
+    return dict(name=name, data_seed=data_seed, restart=restart, start=start, clusters=np.asarray(clusters),
+                own_ari=adjusted_rand_score(labels, clusters), epochs=len(model.history), over_training=over_training)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["recovery", "default", "multiome", "cellbench", "cite"])
+    parser.add_argument("--seed", type=int, default=0, help="the model seed whose restarts are trained")
+    parser.add_argument("--recovery-seeds", nargs="+", type=int, default=list(range(10)))
+    parser.add_argument("--snapshots", nargs="+", type=int, default=[10, 20, 30, 50, 75, 100, 150, 200, 300])
+    parser.add_argument("--prepared", default=None, help="read NAME_SEED.h5ad files from this folder")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    from gmvae_nb.model import choose_restart, restart_agreement
+    sets = [(name, s) for name in args.datasets for s in (args.recovery_seeds if name == "recovery" else [0])]
+    jobs = [(name, s, args.seed, restart, start, args.threads, args.prepared, tuple(args.snapshots))
+            for name, s in sets for start in (None, "gmm") for restart in range(3)]
+    with ProcessPoolExecutor(args.workers) as pool:
+        runs = {(r["name"], r["data_seed"], r["restart"], r["start"]): r for r in pool.map(one, *zip(*jobs))}
+    kept = {combination: [] for combination in COMBINATIONS}
+    for name, s in sets:
+        line = f"{name}_{s}: own " + " ".join(f"{runs[name, s, i, None]['own_ari']:.3f}" for i in range(3))
+        line += " | from x " + " ".join(f"{runs[name, s, i, 'gmm']['own_ari']:.3f}" for i in range(3)) + " | kept:"
+        for combination, starts in COMBINATIONS.items():
+            members = [runs[name, s, i, start] for i, start in enumerate(starts)]
+            agreements = restart_agreement([m["clusters"] for m in members])
+            chosen = members[choose_restart([0.0] * len(members), agreements)]  # ties (rare with 3): the first
+            kept[combination].append((name, chosen["own_ari"]))
+            line += f" {combination} {chosen['own_ari']:.3f}"
+        print(line)
+        for i in range(3):
+            print(f"    own start, restart {i}: own ARI over the epochs {runs[name, s, i, None]['over_training']}")
+    for combination, results in kept.items():
+        recovery = [ari for name, ari in results if name == "recovery"]
+        print(f"{combination}: recovery {sum(a >= 0.9 for a in recovery)} of {len(recovery)} at or above 0.9; "
+              + ", ".join(f"{name} {ari:.3f}" for name, ari in results if name != "recovery"))
