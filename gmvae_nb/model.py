@@ -31,8 +31,8 @@ from .modules import GMVAEModule
 from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'GMVAE', 'restart_mixture_start', 'continued_history',
-           'restart_seed', 'final_neg_elbo', 'restart_agreement', 'choose_restart']
+__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start',
+           'continued_history', 'restart_seed', 'final_neg_elbo', 'restart_agreement', 'choose_restart']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -168,12 +168,16 @@ def _loader(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024,
 # %% ../nbs/11_model.ipynb #ede36c67
 MIXTURE_INITS = (None, "gmm", "mixed")  # fit(init_mixture=…): None keeps the networks' own initialisation
 
+def fits_mixture_on_x(n_cells: int, n_clusters: int) -> bool:
+    "Whether a Gaussian mixture of `n_clusters` components can be fitted to `n_cells` training cells: at least as many cells, and two."
+    return n_cells >= max(2, n_clusters)
+
 def restart_mixture_start(
     init_mixture: str | None,  # fit's init_mixture: None, "gmm" or "mixed"
     restart: int,  # 0 for the first restart
 ) -> str | None:  # "gmm" or None
     "How restart `restart` of `fit(init_mixture=…)` starts its mixture: 'gmm' from a Gaussian mixture on x, None as initialised."
-    if init_mixture == "mixed": return "gmm" if restart % 3 == 2 else None
+    if init_mixture == "mixed": return "gmm" if restart % 3 == 2 else None  # fit: None for all if `fits_mixture_on_x` is False
     return init_mixture
 
 
@@ -265,13 +269,14 @@ def fit(self: GMVAE,
         raise ValueError(f"n_init={n_init} cannot be combined with checkpoint_dir, which holds one run: to checkpoint "
                          "the restarts, train them one by one with seed=gmvae_nb.model.restart_seed(seed, i)")
     if init_mixture not in MIXTURE_INITS: raise ValueError(f"init_mixture must be one of {MIXTURE_INITS}, got {init_mixture!r}")
+    train, validation = self._split_indices(split_key)
     starts = [restart_mixture_start(init_mixture, restart) for restart in range(n_init)]
+    if init_mixture == "mixed" and not fits_mixture_on_x(len(train), self.n_clusters): starts = [None] * n_init
     if "gmm" in starts and (len(self.history) or checkpoint_dir is not None):
         raise ValueError(f"init_mixture={init_mixture!r} starts a model's first fit and cannot be checkpointed; this model has "
                          f"trained {len(self.history)} epochs and checkpoint_dir is {checkpoint_dir!r}")
     if init_mixture and (int(init_epochs) != init_epochs or init_epochs < 1):
         raise ValueError(f"init_epochs must be a whole number of at least 1, got {init_epochs!r}")
-    train, validation = self._split_indices(split_key)
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
                     model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)})
@@ -420,9 +425,9 @@ def elbo_terms(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10
 def _mixture_from_embedding(self: GMVAE, cells: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     "Means and variances (K, n_x) of a diagonal Gaussian mixture fitted to the posterior means of x of `cells` (rows of `self.adata`)."
     from sklearn.mixture import GaussianMixture
-    if len(cells) < self.n_clusters:
+    if not fits_mixture_on_x(len(cells), self.n_clusters):
         raise ValueError(f"init_mixture fits {self.n_clusters} components to the {len(cells)} training cells: "
-                         "it needs at least as many cells as components")
+                         "it needs at least as many cells as components, and two")
     _, out = self._per_cell(None, lambda mb: dict(x=self.module.encode(mb.counts, mb.batch)["x_mean"]), indices=cells)
     mixture = GaussianMixture(self.n_clusters, covariance_type="diag", n_init=3,
                               random_state=seed % 2**32).fit(out["x"])  # a restart's seed has 63 bits, scikit-learn takes 32

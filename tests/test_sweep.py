@@ -31,7 +31,7 @@ def tiny_data(tmp_path_factory):
 
 def sweep_cli(data, out, *extra):
     return [CLI, "sweep", "--data", str(data), "--out", str(out), "--epochs", "2", "--n-samples", "2",
-            "--n-x", "4", "--n-w", "3", *map(str, extra)]
+            "--n-x", "4", "--n-w", "3", "--init-mixture", "none", *map(str, extra)]  # restarts of 2 epochs each, no pretraining
 
 
 def test_two_by_two_sweep_through_papermill(tiny_data, tmp_path):
