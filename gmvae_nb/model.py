@@ -175,9 +175,10 @@ def fits_mixture_on_x(n_cells: int, n_clusters: int) -> bool:
 def restart_mixture_start(
     init_mixture: str | None,  # fit's init_mixture: None, "gmm" or "mixed"
     restart: int,  # 0 for the first restart
+    fits: bool = True,  # whether a mixture can be fitted to the training cells' x (`fits_mixture_on_x`); "mixed" does without one if not
 ) -> str | None:  # "gmm" or None
     "How restart `restart` of `fit(init_mixture=…)` starts its mixture: 'gmm' from a Gaussian mixture on x, None as initialised."
-    if init_mixture == "mixed": return "gmm" if restart % 3 == 2 else None  # fit: None for all if `fits_mixture_on_x` is False
+    if init_mixture == "mixed": return "gmm" if fits and restart % 3 == 2 else None
     return init_mixture
 
 
@@ -270,8 +271,8 @@ def fit(self: GMVAE,
                          "the restarts, train them one by one with seed=gmvae_nb.model.restart_seed(seed, i)")
     if init_mixture not in MIXTURE_INITS: raise ValueError(f"init_mixture must be one of {MIXTURE_INITS}, got {init_mixture!r}")
     train, validation = self._split_indices(split_key)
-    starts = [restart_mixture_start(init_mixture, restart) for restart in range(n_init)]
-    if init_mixture == "mixed" and not fits_mixture_on_x(len(train), self.n_clusters): starts = [None] * n_init
+    fits = fits_mixture_on_x(len(train), self.n_clusters)
+    starts = [restart_mixture_start(init_mixture, restart, fits) for restart in range(n_init)]
     if "gmm" in starts and (len(self.history) or checkpoint_dir is not None):
         raise ValueError(f"init_mixture={init_mixture!r} starts a model's first fit and cannot be checkpointed; this model has "
                          f"trained {len(self.history)} epochs and checkpoint_dir is {checkpoint_dir!r}")
