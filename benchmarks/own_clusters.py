@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 VARIANTS = {  # name -> (GMVAE's settings, fit's settings)
-    "default": ({}, {}),  # three restarts, the third with its mixture started from x (init_mixture="mixed")
+    "default": ({}, {}),  # three restarts, the third with its mixture started from x (init_mixture="mixed"), compared after 50 epochs
+    "choose_at_end": ({}, dict(choose_after=None)),  # the same restarts, each trained to the end before they are compared
     "own_starts": ({}, dict(init_mixture=None)),  # three restarts, all from the networks' own initialisation
     "gmm": ({}, dict(init_mixture="gmm")),  # the mixture restarted from a Gaussian mixture on x after 60 epochs
     "learn_pi": (dict(learn_pi=True), {}),  # π learned: components the data do not need can empty

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import tempfile
 import warnings
+from contextlib import nullcontext
 from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
@@ -31,8 +33,9 @@ from .modules import GMVAEModule
 from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start',
-           'continued_history', 'restart_seed', 'final_neg_elbo', 'restart_agreement', 'choose_restart']
+__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'DEFAULT_CHOOSE_AFTER', 'GMVAE', 'fits_mixture_on_x',
+           'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo', 'restart_agreement',
+           'choose_restart']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -241,6 +244,7 @@ def choose_restart(
 
 # %% ../nbs/11_model.ipynb #b48fe511
 DEFAULT_N_INIT = 3  # fit's restarts of a model's first fit: the one whose clusters agree most with the other two's is kept
+DEFAULT_CHOOSE_AFTER = 50  # epochs each restart trains from its mixture's start before they are compared; the kept one trains on
 
 
 # %% ../nbs/11_model.ipynb #ad292ac0
@@ -256,6 +260,7 @@ def fit(self: GMVAE,
         resume: bool = False,             # continue the run checkpointed in `checkpoint_dir` up to `max_epochs`
         init_mixture: str | None = "mixed",  # "gmm": after `init_epochs` epochs, restart the mixture from a Gaussian mixture on x; "mixed": every third restart does; None: none does
         init_epochs: int = 60,            # epochs trained before `init_mixture` fits its Gaussian mixture
+        choose_after: int | None = DEFAULT_CHOOSE_AFTER,  # with restarts: each trains this many epochs from its mixture's start, then only the kept one trains on; None: every restart trains to the end
         on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
@@ -278,38 +283,54 @@ def fit(self: GMVAE,
                          f"trained {len(self.history)} epochs and checkpoint_dir is {checkpoint_dir!r}")
     if init_mixture and (int(init_epochs) != init_epochs or init_epochs < 1):
         raise ValueError(f"init_epochs must be a whole number of at least 1, got {init_epochs!r}")
+    if choose_after is not None and (int(choose_after) != choose_after or choose_after < 1):
+        raise ValueError(f"choose_after must be a whole number of at least 1, or None; got {choose_after!r}")
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
                     model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)})
-    restarts = []  # per restart: (history, module, final −ELBO, clusters of every cell)
-    with process_group(select_device(device)):  # under torchrun, one process group for all of this fit's trainings
+    screened = n_init > 1 and choose_after is not None and choose_after < config.resolved(len(train), False).max_epochs
+    restarts = []  # per restart: its seed, module, label, pretraining and history; with n_init > 1 its final −ELBO and clusters
+    with process_group(select_device(device)), (tempfile.TemporaryDirectory() if screened else nullcontext()) as paused:
+        def main_phase(run: dict, run_config: TrainConfig, label: str, **checkpointing) -> pd.DataFrame:
+            "Train `run`'s module from its mixture's start (or on from a checkpoint, as `checkpointing` says); its whole history."
+            before = run["before"]
+            history = fit_module(run["module"], counts, codes, train, validation, run_config, device=device,
+                                 seed=run["seed"] + len(self.history) + (0 if before is None else len(before)),
+                                 progress=progress, label=label, identity=identity, on_epoch=on_epoch, **checkpointing)
+            return history if before is None else continued_history(before, history)
+
         for restart in range(n_init):
             seed = restart_seed(self.seed, restart)
             if restart: self.module = self._new_module(seed)
-            label, before = f"restart {restart + 1}/{n_init}, " if n_init > 1 else "", None
+            run = dict(seed=seed, module=self.module, before=None, label=f"restart {restart + 1}/{n_init}, " if n_init > 1 else "")
             if starts[restart] == "gmm":
-                before = fit_module(self.module, counts, codes, train, validation,
-                                    replace(config, max_epochs=int(init_epochs), early_stopping=False), device=device,
-                                    seed=seed, progress=progress, label=label + "before the mixture's initialisation, ",
-                                    on_epoch=on_epoch)
+                run["before"] = fit_module(self.module, counts, codes, train, validation,
+                                           replace(config, max_epochs=int(init_epochs), early_stopping=False), device=device,
+                                           seed=seed, progress=progress, on_epoch=on_epoch,
+                                           label=run["label"] + "before the mixture's initialisation, ")
                 self.module.set_mixture(*self._mixture_from_embedding(train, seed))
-            history = fit_module(self.module, counts, codes, train, validation, config, device=device,
-                                 seed=seed + len(self.history) + (0 if before is None else len(before)), progress=progress,
-                                 checkpoint_dir=checkpoint_dir, label=label, checkpoint_every=checkpoint_every, resume=resume,
-                                 identity=identity, on_epoch=on_epoch)
-            if before is not None: history = continued_history(before, history)
-            if n_init == 1: restarts.append((history, self.module, None, None))  # one run: nothing to choose from
-            else: restarts.append((history, self.module, final_neg_elbo(history),
-                                   self._sampled_terms(None, 10, 1024)[1]["proba"].argmax(1)))  # its clusters, as predict() gives them
-    scores, agreements = [r[2] for r in restarts], restart_agreement([r[3] for r in restarts])
-    chosen = choose_restart(scores, agreements)
-    history, self.module = restarts[chosen][:2]
+            if screened:  # to epoch `choose_after`, checkpointed there to train on if kept
+                run["history"] = main_phase(run, replace(config, max_epochs=int(choose_after)), run["label"],
+                                            checkpoint_dir=Path(paused) / str(restart), checkpoint_every=int(choose_after))
+            else:
+                run["history"] = main_phase(run, config, run["label"], checkpoint_dir=checkpoint_dir,
+                                            checkpoint_every=checkpoint_every, resume=resume)
+            if n_init > 1: run.update(neg_elbo=final_neg_elbo(run["history"]),
+                                      clusters=self._sampled_terms(None, 10, 1024)[1]["proba"].argmax(1))  # as predict() gives them
+            restarts.append(run)
+        scores = [run.get("neg_elbo") for run in restarts]
+        agreements = restart_agreement([run.get("clusters") for run in restarts])
+        chosen = choose_restart(scores, agreements)
+        kept = restarts[chosen]
+        if screened: kept["history"] = main_phase(kept, config, kept["label"] + "kept, ", resume=True,
+                                                  checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=int(choose_after))
+    history, self.module = kept["history"], kept["module"]
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
     self.train_config = history.attrs["config"] | dict(n_init=n_init)  # with max_epochs resolved for the training cells
     self.train_config |= dict(init_mixture=starts[chosen])  # how the kept model's mixture started: "gmm" or None
     if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_agreement=agreements, restart_chosen=chosen,
-                                             restart_init_mixture=starts)
+                                             restart_init_mixture=starts, restart_chosen_after=int(choose_after) if screened else None)
     if "gmm" in starts: self.train_config |= dict(init_epochs=int(init_epochs))
     return self
 

@@ -22,6 +22,7 @@ from gmvae_nb.simulate import simulate
 
 EPOCHS, N_SAMPLES, HELD_OUT_SAMPLES = 4, 2, 10
 INIT_EPOCHS = 2  # before the third restart's mixture is fitted to x: 60 would grow float32's rounding past the test's tolerance
+CHOOSE_AFTER = 2  # the restarts are compared after 2 epochs and the kept one resumes from its checkpoint: rank 0's, under torchrun
 ARCHITECTURE = dict(n_clusters=4, n_x=10, n_w=5, encoder_hidden=(64,), decoder_hidden=(64,), beta_hidden=(32,),
                     dropout=0.0)  # no dropout: its masks are the one stream that differs between 1 and 2 processes
 
@@ -40,7 +41,8 @@ def main(out: Path, no_sync: bool):
     if no_sync: gmvae_nb.distributed.DistributedDataParallel = Unsynced
     adata = split(simulate("default", n_cells=1000, n_genes=100, n_types=4, n_batches=2, seed=0), seed=0)
     model = GMVAE(adata, seed=0, **ARCHITECTURE).fit(max_epochs=EPOCHS, n_samples=N_SAMPLES, batch_size=64,
-                                                     init_epochs=INIT_EPOCHS, device="cpu", progress=False)
+                                                     init_epochs=INIT_EPOCHS, choose_after=CHOOSE_AFTER, device="cpu",
+                                                     progress=False)
     if process_rank() != 0: return
     held_out = adata[adata.obs["split"] == "test"].copy()
     neg_elbo = float(model.elbo_terms(held_out, n_samples=HELD_OUT_SAMPLES).sum(axis=1).mean())
