@@ -288,8 +288,9 @@ def fit(self: GMVAE,
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
                     model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)})
-    screened = n_init > 1 and choose_after is not None and choose_after < config.resolved(len(train), False).max_epochs
-    restarts = []  # per restart: its seed, module, label, pretraining and history; with n_init > 1 its final −ELBO and clusters
+    max_epochs = config.resolved(len(train), validation=False).max_epochs  # as fit_module resolves it
+    screened = n_init > 1 and choose_after is not None and choose_after < max_epochs
+    restarts = []  # per restart: its seed, module, label, pretraining and history; with n_init > 1 its −ELBO and clusters where compared
     with process_group(select_device(device)), (tempfile.TemporaryDirectory() if screened else nullcontext()) as paused:
         def main_phase(run: dict, run_config: TrainConfig, label: str, **checkpointing) -> pd.DataFrame:
             "Train `run`'s module from its mixture's start (or on from a checkpoint, as `checkpointing` says); its whole history."
@@ -323,7 +324,7 @@ def fit(self: GMVAE,
         chosen = choose_restart(scores, agreements)
         kept = restarts[chosen]
         if screened: kept["history"] = main_phase(kept, config, kept["label"] + "kept, ", resume=True,
-                                                  checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=int(choose_after))
+                                                  checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
     history, self.module = kept["history"], kept["module"]
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
