@@ -5,10 +5,11 @@ made afterwards for each combination of starts: three own (`ooo`), three from x 
 (`oog`, `init_mixture="mixed"`), and so on. Prints one line per data set with every run's own-cluster ARI against the
 labels and the ARI of the restart each combination keeps, then the recovery simulation's count of data seeds at or
 above 0.9. Also records each run's clusters at a few epochs of its training from its mixture's start (`--snapshots`),
-to see when the clusters settle and which restart the choice would keep if it were made then (`fit(choose_after=…)`):
-for the mixed restarts (`oog`), the final own ARI of the restart chosen from the clusters after each of those epochs
-(a restart that stopped earlier takes part with its final clusters). Data as in `benchmarks/own_clusters.py` (data
-seed 0; recovery: data seeds `--recovery-seeds`).
+with the components they use, to see when the clusters settle and which restart the choice would keep if it were made
+then (`fit(choose_after=…)`): for the mixed restarts (`oog`), the final own ARI of the restart chosen from the
+clusters after each of those epochs (a restart that stopped earlier takes part with its final clusters). Data as in
+`benchmarks/own_clusters.py` (data seed 0; recovery: data seeds `--recovery-seeds`). `--save FILE` pickles every run,
+to weigh other choices afterwards.
 
     .venv/bin/python benchmarks/restart_starts.py --workers 2 --threads 1 --prepared DIR
 """
@@ -35,7 +36,8 @@ def one(name: str, data_seed: int, seed: int, restart: int, start: str | None, t
     torch.set_num_threads(threads)
     adata = load_prepared(name, data_seed, prepared)
     labels, K = adata.obs["cell_type"].to_numpy(), adata.obs["cell_type"].nunique()
-    model, over_training, snapshot_clusters = GMVAE(adata, n_clusters=K, seed=restart_seed(seed, restart)), {}, {}
+    model = GMVAE(adata, n_clusters=K, seed=restart_seed(seed, restart))
+    over_training, snapshot_clusters, snapshot_neg_elbo = {}, {}, {}
     epochs_seen = [-(INIT_EPOCHS if start else 0)]  # on_epoch also sees the epochs before a mixture fitted to x
 
     def snapshot(row: dict):  # the clusters as predict() would give them now, in eval mode, then back to training
@@ -45,11 +47,12 @@ def one(name: str, data_seed: int, seed: int, restart: int, start: str | None, t
             model.module.train()
             snapshot_clusters[epochs_seen[0]] = np.asarray(clusters)
             over_training[epochs_seen[0]] = round(adjusted_rand_score(labels, clusters), 3)
+            snapshot_neg_elbo[epochs_seen[0]] = row.get("validation_neg_elbo", row["train_neg_elbo"])
     model.fit(progress=False, n_init=1, init_mixture=start, init_epochs=INIT_EPOCHS, on_epoch=snapshot)
     clusters = model.predict()
     return dict(name=name, data_seed=data_seed, restart=restart, start=start, clusters=np.asarray(clusters),
                 own_ari=adjusted_rand_score(labels, clusters), epochs=len(model.history), over_training=over_training,
-                snapshot_clusters=snapshot_clusters)
+                snapshot_clusters=snapshot_clusters, snapshot_neg_elbo=snapshot_neg_elbo, labels=labels)
 
 
 if __name__ == "__main__":
@@ -60,6 +63,7 @@ if __name__ == "__main__":
     parser.add_argument("--snapshots", nargs="+", type=int, default=[10, 20, 30, 50, 75, 100, 150, 200, 300],
                         help="epochs from the mixture's start")
     parser.add_argument("--prepared", default=None, help="read NAME_SEED.h5ad files from this folder")
+    parser.add_argument("--save", default=None, help="pickle every run (clusters, snapshots, labels) to this file")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -69,6 +73,9 @@ if __name__ == "__main__":
             for name, s in sets for start in (None, "gmm") for restart in range(3)]
     with ProcessPoolExecutor(args.workers) as pool:
         runs = {(r["name"], r["data_seed"], r["restart"], r["start"]): r for r in pool.map(one, *zip(*jobs))}
+    if args.save:
+        import pickle
+        Path(args.save).write_bytes(pickle.dumps(runs))
     kept = {combination: [] for combination in COMBINATIONS}
     early = {epochs: [] for epochs in args.snapshots}  # the mixed restarts chosen after `epochs` epochs: (data, final own ARI)
     for name, s in sets:
@@ -82,7 +89,9 @@ if __name__ == "__main__":
             line += f" {combination} {chosen['own_ari']:.3f}"
         print(line)
         for i, start in product(range(3), (None, "gmm")):
-            print(f"    {start or 'own'} start, restart {i}: own ARI over the epochs {runs[name, s, i, start]['over_training']}")
+            run = runs[name, s, i, start]
+            print(f"    {start or 'own'} start, restart {i}: own ARI over the epochs {run['over_training']}; components used "
+                  + ", ".join(f"{e}: {len(set(c))}" for e, c in run["snapshot_clusters"].items()) + f", end: {len(set(run['clusters']))}")
         members = [runs[name, s, i, start] for i, start in enumerate(COMBINATIONS["oog"])]
         for epochs in args.snapshots:
             then = [m["snapshot_clusters"].get(epochs, m["clusters"]) for m in members]  # stopped earlier: its final clusters

@@ -35,7 +35,7 @@ from .train import TrainConfig, fit_module, seed_streams
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'DEFAULT_CHOOSE_AFTER', 'GMVAE', 'fits_mixture_on_x',
            'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo', 'restart_agreement',
-           'choose_restart']
+           'choose_restart', 'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -443,18 +443,34 @@ def elbo_terms(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10
     adata, out = self._sampled_terms(adata, n_samples, batch_size)
     return pd.DataFrame({t: out[t] for t in TERMS}, index=adata.obs_names)
 
+# %% ../nbs/11_model.ipynb #80c8c432
+def posterior_mixture_moments(
+    means: np.ndarray,  # (n, d) posterior means m_i of the cells
+    variances: np.ndarray,  # (n, d) posterior variances σ_i² of the cells
+    responsibilities: np.ndarray,  # (n, K) each cell's weights over the components, rows summing to 1
+    floor: float = 1e-6,  # added to every variance, as scikit-learn's `reg_covar`
+) -> tuple[np.ndarray, np.ndarray]:  # (K, d) means μ_k and variances s_k² of the components
+    "Mean and diagonal variance of each component's share of the draws x ~ N(m_i, diag σ_i²) of the cells."
+    weights = responsibilities / (responsibilities.sum(0) + 10 * np.finfo(float).eps)  # (n, K), columns summing to 1
+    centres = weights.T @ means
+    spread = weights.T @ (variances + means**2) - centres**2  # E[x²] − E[x]², per component
+    return centres, np.maximum(spread, 0) + floor
+
+
 # %% ../nbs/11_model.ipynb #6c39ff88
 @patch
 def _mixture_from_embedding(self: GMVAE, cells: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "Means and variances (K, n_x) of a diagonal Gaussian mixture fitted to the posterior means of x of `cells` (rows of `self.adata`)."
+    "Means and variances (K, n_x) of a diagonal Gaussian mixture fitted to the posterior means of x of `cells` (rows of `self.adata`), each component widened to its cells' posterior draws."
     from sklearn.mixture import GaussianMixture
     if not fits_mixture_on_x(len(cells), self.n_clusters):
         raise ValueError(f"init_mixture fits {self.n_clusters} components to the {len(cells)} training cells: "
                          "it needs at least as many cells as components, and two")
-    _, out = self._per_cell(None, lambda mb: dict(x=self.module.encode(mb.counts, mb.batch)["x_mean"]), indices=cells)
+    _, x = self._per_cell(None, lambda mb: {name: value for name, value in self.module.encode(mb.counts, mb.batch).items()
+                                            if name in ("x_mean", "x_logvar")}, indices=cells)
     mixture = GaussianMixture(self.n_clusters, covariance_type="diag", n_init=3,
-                              random_state=seed % 2**32).fit(out["x"])  # a restart's seed has 63 bits, scikit-learn takes 32
-    return torch.as_tensor(mixture.means_), torch.as_tensor(mixture.covariances_)
+                              random_state=seed % 2**32).fit(x["x_mean"])  # a restart's seed has 63 bits, scikit-learn takes 32
+    means, variances = posterior_mixture_moments(x["x_mean"], np.exp(x["x_logvar"]), mixture.predict_proba(x["x_mean"]))
+    return torch.as_tensor(means), torch.as_tensor(variances)
 
 
 # %% ../nbs/11_model.ipynb #89e6b530
