@@ -25,7 +25,7 @@ from fastcore.basics import patch
 from fastcore.meta import delegates
 
 from .data import check_cells_have_batches, check_counts, check_unique_genes, count_matrix
-from .distributed import process_group, process_rank, select_device
+from .distributed import gathered_from_processes, process_group, process_rank, select_device
 from .elbo import TERMS
 from .files import atomic_path, write_json_atomic
 from .loaders import CSRLoader, DiskRows, Minibatch, on_disk
@@ -321,7 +321,7 @@ def fit(self: GMVAE,
             restarts.append(run)
         scores = [run.get("neg_elbo") for run in restarts]
         agreements = restart_agreement([run.get("clusters") for run in restarts])
-        chosen = choose_restart(scores, agreements)
+        chosen = gathered_from_processes(choose_restart(scores, agreements))[0]  # rank 0's: every process resumes the same restart
         kept = restarts[chosen]
         if screened: kept["history"] = main_phase(kept, config, kept["label"] + "kept, ", resume=True,
                                                   checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
