@@ -451,10 +451,12 @@ def posterior_mixture_moments(
     floor: float = 1e-6,  # added to every variance, as scikit-learn's `reg_covar`
 ) -> tuple[np.ndarray, np.ndarray]:  # (K, d) means μ_k and variances s_k² of the components
     "Mean and diagonal variance of each component's share of the draws x ~ N(m_i, diag σ_i²) of the cells."
+    means, variances = np.asarray(means, np.float64), np.asarray(variances, np.float64)
     weights = responsibilities / (responsibilities.sum(0) + 10 * np.finfo(float).eps)  # (n, K), columns summing to 1
     centres = weights.T @ means
-    spread = weights.T @ (variances + means**2) - centres**2  # E[x²] − E[x]², per component
-    return centres, np.maximum(spread, 0) + floor
+    # Σ_i w_ik (σ_i² + (m_i − μ_k)²), one component at a time: E[x²] − E[x]² would cancel for a tight component far from 0
+    spread = np.stack([weights[:, k] @ (variances + (means - centre)**2) for k, centre in enumerate(centres)])
+    return centres, spread + floor
 
 
 # %% ../nbs/11_model.ipynb #6c39ff88
