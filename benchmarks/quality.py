@@ -3,6 +3,7 @@
     .venv/bin/pip install -c constraints.txt -e ".[scvi]"     # once, for the scVI rows (without it they are left out, and said so)
     .venv/bin/python benchmarks/quality.py                                   # every data set, seeds 0 1 2
     .venv/bin/python benchmarks/quality.py --datasets multiome cellbench --seeds 0 --methods gmvae pca
+    .venv/bin/python benchmarks/quality.py --methods gmvae --fit max_epochs=200 --model learn_pi=True  # a candidate default
 
 What a user does: `GMVAE(adata, n_clusters=K, seed=s).fit()` with every other setting at its default, K the number of
 labelled groups, after `split(adata)` (so that the default training sees the train cells, validates on the
@@ -55,13 +56,15 @@ def load(name: str, seed: int):
     return split(adata, seed=0)
 
 
-def embed(method: str, adata, n_clusters: int, seed: int, fit_settings: dict | None = None) -> tuple[str, float, dict]:
-    "Train `method` on `adata` (the GMVAE's `fit` with `fit_settings`, default none); returns the obsm key of its embedding, the training seconds and extra figures."
+def embed(method: str, adata, n_clusters: int, seed: int, fit_settings: dict | None = None,
+          model_settings: dict | None = None) -> tuple[str, float, dict]:
+    "Train `method` on `adata` (the GMVAE built with `model_settings` and fitted with `fit_settings`, default none); returns the obsm key of its embedding, the training seconds and extra figures."
     started = time.perf_counter()
     if method in ("gmvae", "blog"):
         from gmvae_nb.model import GMVAE
         settings = {} if method == "gmvae" else dict(settings="blog")
-        model = GMVAE(adata, n_clusters=n_clusters, seed=seed, **settings).fit(progress=False, **(fit_settings or {}))
+        model = GMVAE(adata, n_clusters=n_clusters, seed=seed, **settings, **(model_settings or {}))
+        model.fit(progress=False, **(fit_settings or {}))
         seconds = time.perf_counter() - started
         model.get_latent()
         clusters = model.predict()
@@ -143,8 +146,11 @@ def main():
     parser.add_argument("--out", default="quality.csv", help="CSV of every row (default: %(default)s)")
     parser.add_argument("--fit", nargs="+", default=[], metavar="NAME=VALUE",
                         help="settings passed to the GMVAE's fit, to measure a candidate default (e.g. max_epochs=200)")
+    parser.add_argument("--model", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="architecture arguments passed to GMVAE, to measure a candidate default (e.g. learn_pi=True)")
     args = parser.parse_args()
-    fit_settings = {name: ast.literal_eval(value) for name, value in (item.split("=", 1) for item in args.fit)}
+    fit_settings, model_settings = ({name: ast.literal_eval(value) for name, value in (item.split("=", 1) for item in items)}
+                                    for items in (args.fit, args.model))
     import torch
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -160,9 +166,10 @@ def main():
             adata = load(dataset, seed)
             n_clusters = adata.obs["cell_type"].nunique()
             for method in methods:
-                key, seconds, extra = embed(method, adata, n_clusters, seed, fit_settings)
+                key, seconds, extra = embed(method, adata, n_clusters, seed, fit_settings, model_settings)
                 row = dict(dataset=dataset, method=method, seed=seed, n_clusters=n_clusters, n_cells=adata.n_obs,
                            fit_settings=" ".join(args.fit) if method in ("gmvae", "blog") else "",
+                           model_settings=" ".join(args.model) if method in ("gmvae", "blog") else "",
                            train_seconds=seconds, **extra, **score(adata, key, own=method in ("gmvae", "blog")))
                 rows.append(row)
                 shown = {k: row.get(k, np.nan) for k in ("ari_own_clusters", "components_used", "ari_leiden_r1",
