@@ -218,12 +218,13 @@ def prepare_data(
 
 # %% ../nbs/15_sweep.ipynb #d6905741
 def training_progress(run_dirs: Iterable[str | Path]) -> str:
-    "'RUN epoch/max_epochs' for each of `run_dirs` whose training has written RUN/progress.json, in the order given."
+    "'RUN (stage) epoch/max_epochs' for each of `run_dirs` whose training has written RUN/progress.json, in the order given; the stage (which restart) where it names one."
     shown = []
     for run_dir in map(Path, run_dirs):
         try: progress = json.loads((run_dir / "progress.json").read_text())
         except FileNotFoundError: continue  # still loading its data, or not started
-        shown.append(f"{run_dir.name} {progress['epoch']}/{progress['max_epochs']}")
+        stage = f"({progress['stage']}) " if progress.get("stage") else ""
+        shown.append(f"{run_dir.name} {stage}{progress['epoch']}/{progress['max_epochs']}")
     return ", ".join(shown)
 
 # %% ../nbs/15_sweep.ipynb #276a3c94

@@ -292,7 +292,7 @@ def fit_module(module: nn.Module,
                 row["seconds"] = time.perf_counter() - started
                 run["history"].append(row)
                 bar.set_postfix(_postfix(row))
-                if on_epoch is not None and rank == 0: on_epoch(row | {"max_epochs": config.max_epochs})
+                if on_epoch is not None and rank == 0: on_epoch(row | {"max_epochs": config.max_epochs, "stage": label.strip(", ")})
                 if validation is None: run["best_epoch"] = epoch
                 elif row["validation_neg_elbo"] < run["best"] - config.min_delta:
                     run.update(best=row["validation_neg_elbo"], best_epoch=epoch, waited=0)

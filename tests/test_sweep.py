@@ -47,7 +47,7 @@ def test_two_by_two_sweep_through_papermill(tiny_data, tmp_path):
         assert (folder / "run.ipynb").exists()  # the executed notebook is kept
         history = pd.read_csv(folder / "history.csv")
         assert len(history) == 2
-        assert json.loads((folder / "progress.json").read_text()) == {"epoch": 2, "max_epochs": 2}  # what the bar showed
+        assert json.loads((folder / "progress.json").read_text()) == {"epoch": 2, "max_epochs": 2, "stage": "restart 3/3"}  # what the bar showed
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["n_clusters"] == int(run[1:4]) and metrics["seed"] == int(run[-1])
         cells = pd.read_csv(folder / "test_cells.csv", index_col=0)  # the scored cells, one row each
