@@ -33,9 +33,9 @@ from .modules import GMVAEModule
 from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'DEFAULT_CHOOSE_AFTER', 'GMVAE', 'fits_mixture_on_x',
-           'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo', 'restart_agreement',
-           'choose_restart', 'posterior_mixture_moments']
+__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'DEFAULT_CHOOSE_AFTER', 'PREDICT_SAMPLES', 'GMVAE',
+           'fits_mixture_on_x', 'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo',
+           'restart_agreement', 'choose_restart', 'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -317,7 +317,7 @@ def fit(self: GMVAE,
                 run["history"] = main_phase(run, config, run["label"], checkpoint_dir=checkpoint_dir,
                                             checkpoint_every=checkpoint_every, resume=resume)
             if n_init > 1: run.update(neg_elbo=final_neg_elbo(run["history"]),
-                                      clusters=self._sampled_terms(None, 10, 1024)[1]["proba"].argmax(1))  # as predict() gives them
+                                      clusters=self._sampled_terms(None, PREDICT_SAMPLES, 1024)[1]["proba"].argmax(1))  # as predict() gives them
             restarts.append(run)
         scores = [run.get("neg_elbo") for run in restarts]
         agreements = restart_agreement([run.get("clusters") for run in restarts])
@@ -359,6 +359,8 @@ def _inference_noise(self: GMVAE, n_samples: int) -> torch.Tensor:
     if n_samples == 0: return torch.zeros(1, 1, self.module.n_x + self.module.n_w, device=self.device)
     generator = torch.Generator(device=self.device).manual_seed(seed_streams(self.seed)["inference"])
     return self.module.sample_noise(1, n_samples, generator)
+
+PREDICT_SAMPLES = 10  # draws of (x, w) per cell behind the responsibilities of `predict_proba` and `predict`, by default
 
 @patch
 def _sampled_terms(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int):
@@ -408,7 +410,7 @@ def get_latent(self: GMVAE, adata: ad.AnnData | None = None, batch_size: int = 1
 
 # %% ../nbs/11_model.ipynb #9de7228b
 @patch
-def predict_proba(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10, batch_size: int = 1024,
+def predict_proba(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = PREDICT_SAMPLES, batch_size: int = 1024,
                   key_added: str = "gmvae_proba", copy: bool = False) -> np.ndarray | ad.AnnData:
     "Cluster responsibilities E_q r_k (cells × K) from `n_samples` seeded draws (0: r_k at the posterior means), also written to `obsm[key_added]`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
     if n_samples < 0: raise ValueError(f"n_samples must be 0 or more, got {n_samples}")
@@ -423,7 +425,7 @@ def _proba_key(key_added: str) -> str:
     return key_added.removesuffix("_cluster") + "_proba"
 
 @patch
-def predict(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = 10, batch_size: int = 1024,
+def predict(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = PREDICT_SAMPLES, batch_size: int = 1024,
             key_added: str = "gmvae_cluster", copy: bool = False) -> np.ndarray | ad.AnnData:
     "Most responsible cluster of every cell (argmax of `predict_proba`), also written to `obs[key_added]` as a categorical, the responsibilities to `obsm[_proba_key(key_added)]`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
     if n_samples < 0: raise ValueError(f"n_samples must be 0 or more, got {n_samples}")
@@ -562,7 +564,7 @@ def get_normalized_expression(
 def _groups(self: GMVAE, adata: ad.AnnData, groupby: str | None, batch_size: int) -> tuple[pd.Categorical, str]:
     "Every cell's group name (NaN: none) as a categorical, and what the groups are: obs[groupby], or the model's clusters for None."
     if groupby is None:
-        clusters = self._sampled_terms(adata, 10, batch_size)[1]["proba"].argmax(1)  # with `predict`'s default draws
+        clusters = self._sampled_terms(adata, PREDICT_SAMPLES, batch_size)[1]["proba"].argmax(1)  # as `predict` gives them
         categories = [str(k) for k in range(self.n_clusters)]
         return pd.Categorical.from_codes(clusters, categories).remove_unused_categories(), "the model's clusters"
     if groupby not in adata.obs:
