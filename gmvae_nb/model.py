@@ -317,7 +317,7 @@ def fit(self: GMVAE,
                 run["history"] = main_phase(run, config, run["label"], checkpoint_dir=checkpoint_dir,
                                             checkpoint_every=checkpoint_every, resume=resume)
             if n_init > 1: run.update(neg_elbo=final_neg_elbo(run["history"]),
-                                      clusters=self._sampled_terms(None, PREDICT_SAMPLES, 1024)[1]["proba"].argmax(1))  # as predict() gives them
+                                      clusters=self._clusters(None))
             restarts.append(run)
         scores = [run.get("neg_elbo") for run in restarts]
         agreements = restart_agreement([run.get("clusters") for run in restarts])
@@ -368,6 +368,11 @@ def _sampled_terms(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_
     noise = self._inference_noise(n_samples)
     return self._per_cell(adata, lambda mb: self.module.elbo(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1), mb.nonzero),
                           batch_size)
+
+@patch
+def _clusters(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024) -> np.ndarray:
+    "Every cell's cluster as `predict` gives it by default, without annotating `adata`."
+    return self._sampled_terms(adata, PREDICT_SAMPLES, batch_size)[1]["proba"].argmax(1)
 
 # %% ../nbs/11_model.ipynb #961f4322
 def _uns_key(key_added: str, default: str) -> str:
@@ -564,7 +569,7 @@ def get_normalized_expression(
 def _groups(self: GMVAE, adata: ad.AnnData, groupby: str | None, batch_size: int) -> tuple[pd.Categorical, str]:
     "Every cell's group name (NaN: none) as a categorical, and what the groups are: obs[groupby], or the model's clusters for None."
     if groupby is None:
-        clusters = self._sampled_terms(adata, PREDICT_SAMPLES, batch_size)[1]["proba"].argmax(1)  # as `predict` gives them
+        clusters = self._clusters(adata, batch_size)
         categories = [str(k) for k in range(self.n_clusters)]
         return pd.Categorical.from_codes(clusters, categories).remove_unused_categories(), "the model's clusters"
     if groupby not in adata.obs:
