@@ -23,7 +23,7 @@ VARIANTS = {  # name -> (GMVAE's settings, fit's settings)
     "gmm": ({}, dict(init_mixture="gmm")),  # the mixture restarted from a Gaussian mixture on x after 60 epochs
     "learn_pi": (dict(learn_pi=True), {}),  # π learned: components the data do not need can empty
     "gmm_learn_pi": (dict(learn_pi=True), dict(init_mixture="gmm")),
-    "warmup": ({}, dict(warmup_epochs=100)),  # the prior terms' weight rises from 0 to 1 over the first 100 epochs
+    "no_warmup": ({}, dict(warmup_epochs=0)),  # the prior terms at full weight from the first step (the default warms up over a quarter of the epochs)
 }
 
 

@@ -102,8 +102,8 @@ DATA_OPTIONS = {  # how fit and sweep read the user's .h5ad -> argparse settings
 FIT_OPTIONS = {  # options of fit alone -> argparse settings, with the library's default (GMVAE's or GMVAE.fit's)
     ("-K", "--n-clusters"): dict(dest="n_clusters", type=int, help="mixture components", default=20),
     ("--seed",): dict(dest="seed", type=int, help="seed of the initial weights, the training and the per-cell outputs", default=0),
-    ("--warmup-epochs",): dict(dest="warmup_epochs", type=float, help="linear KL warm-up over this many epochs; 0 turns it off",
-                               default=0),
+    ("--warmup-epochs",): dict(dest="warmup_epochs", type=float, default=None,
+                               help="linear KL warm-up over this many epochs (default: a quarter of the epochs); 0 turns it off"),
     ("--early-stopping",): dict(dest="early_stopping", action=argparse.BooleanOptionalAction, default=None,
                                 help="stop once the validation -ELBO stops improving (default: on when obs['split'] has validation cells)"),
     ("--device",): dict(dest="device", help="auto, cpu, cuda or mps", default="auto"),

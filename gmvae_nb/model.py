@@ -72,7 +72,8 @@ SETTINGS = {  # named presets: the `GMVAEModule` arguments and `TrainConfig` set
     "default": dict(module={}, training={}),
     "blog": dict(module=dict(n_x=80, n_w=60, encoder_hidden=(300, 250), decoder_hidden=(250, 300), beta_hidden=(300,),
                              dropout=0.05),
-                 training=dict(max_epochs=40, n_samples=10, lr_decay_epoch=25, lr_decay=0.7, early_stopping=False)),
+                 training=dict(max_epochs=40, n_samples=10, lr_decay_epoch=25, lr_decay=0.7, warmup_epochs=0,
+                                early_stopping=False)),
 }
 
 # %% ../nbs/11_model.ipynb #69d6c78b
@@ -288,7 +289,8 @@ def fit(self: GMVAE,
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
                     model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)})
-    max_epochs = config.resolved(len(train), validation=False).max_epochs  # as fit_module resolves it
+    whole_run = config.resolved(len(train), validation=False)  # max_epochs and the warm-up, as fit_module resolves them
+    max_epochs, warmup_epochs = whole_run.max_epochs, whole_run.warmup_epochs  # the shorter phases keep the whole run's warm-up
     screened = n_init > 1 and choose_after is not None and choose_after < max_epochs
     restarts = []  # per restart: its seed, module, label, pretraining and history; with n_init > 1 its −ELBO and clusters where compared
     with process_group(select_device(device)), (tempfile.TemporaryDirectory() if screened else nullcontext()) as paused:
@@ -306,13 +308,15 @@ def fit(self: GMVAE,
             run = dict(seed=seed, module=self.module, before=None, label=f"restart {restart + 1}/{n_init}, " if n_init > 1 else "")
             if starts[restart] == "gmm":
                 run["before"] = fit_module(self.module, counts, codes, train, validation,
-                                           replace(config, max_epochs=int(init_epochs), early_stopping=False), device=device,
+                                           replace(config, max_epochs=int(init_epochs), warmup_epochs=warmup_epochs,
+                                                   early_stopping=False), device=device,
                                            seed=seed, progress=progress, on_epoch=on_epoch,
                                            label=run["label"] + "before the mixture's initialisation, ")
                 self.module.set_mixture(*self._mixture_from_embedding(train, seed))
             if screened:  # to epoch `choose_after`, checkpointed there to train on if kept
-                run["history"] = main_phase(run, replace(config, max_epochs=int(choose_after)), run["label"],
-                                            checkpoint_dir=Path(paused) / str(restart), checkpoint_every=int(choose_after))
+                run["history"] = main_phase(run, replace(config, max_epochs=int(choose_after), warmup_epochs=warmup_epochs),
+                                            run["label"], checkpoint_dir=Path(paused) / str(restart),
+                                            checkpoint_every=int(choose_after))
             else:
                 run["history"] = main_phase(run, config, run["label"], checkpoint_dir=checkpoint_dir,
                                             checkpoint_every=checkpoint_every, resume=resume)

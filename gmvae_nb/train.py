@@ -34,8 +34,8 @@ from .elbo import loss as elbo_loss
 from .loaders import CSRLoader, Minibatch
 
 # %% auto #0
-__all__ = ['SEED_STREAMS', 'seed_streams', 'default_max_epochs', 'TrainConfig', 'check_finite', 'minibatch_terms', 'train_epoch',
-           'evaluate', 'reused_heap', 'fit_module']
+__all__ = ['SEED_STREAMS', 'WARMUP_FRACTION', 'seed_streams', 'default_max_epochs', 'TrainConfig', 'check_finite',
+           'minibatch_terms', 'train_epoch', 'evaluate', 'reused_heap', 'fit_module']
 
 # %% ../nbs/10_train.ipynb #ab501d4b
 SEED_STREAMS = ("shuffle", "samples", "dropout", "validation", "inference")
@@ -51,6 +51,8 @@ def default_max_epochs(n_cells: int) -> int:
     "Training epochs for `n_cells` cells: scvi-tools' rule, 400 up to 20,000 cells and 8 million cell passes above (at least 1)."
     return int(max(1, min(400, round(400 * 20_000 / max(n_cells, 1)))))
 
+WARMUP_FRACTION = 0.25  # the KL warm-up's default share of max_epochs
+
 # %% ../nbs/10_train.ipynb #5da78cf6
 @dataclass
 class TrainConfig:
@@ -63,7 +65,7 @@ class TrainConfig:
     lr_decay: float = 0.7
     weight_decay: float = 0.0
     kl_z_threshold: float = 0.0      # λ of max(λ, minibatch mean of kl_z); 0 turns it off
-    warmup_epochs: float = 0         # linear KL warm-up from 0 to 1 over this many epochs; 0 turns it off
+    warmup_epochs: float | None = None  # linear KL warm-up from 0 to 1 over this many epochs; None: WARMUP_FRACTION of max_epochs; 0: none
     early_stopping: bool | None = None  # stop when the validation −ELBO has not improved for `patience` epochs; None: when there are validation cells
     patience: int = 30
     min_delta: float = 0.0
@@ -83,9 +85,12 @@ class TrainConfig:
         decayed = self.lr_decay_epoch is not None and epoch > self.lr_decay_epoch
         return self.lr * (self.lr_decay if decayed else 1.0)
 
-    def resolved(self, n_cells: int, validation: bool) -> "TrainConfig":
-        "These settings with the data's defaults filled in: `max_epochs` for `n_cells` training cells, `early_stopping` on if there are `validation` cells."
-        return replace(self, max_epochs=default_max_epochs(n_cells) if self.max_epochs is None else self.max_epochs,
+    def resolved(self, n_cells: int, validation: bool, checkpointed: dict | None = None) -> "TrainConfig":
+        "These settings with the data's defaults filled in: `max_epochs` for `n_cells` training cells, `warmup_epochs` a share of it (or, resuming, the `checkpointed` run's settings'), `early_stopping` on if there are `validation` cells."
+        max_epochs = default_max_epochs(n_cells) if self.max_epochs is None else self.max_epochs
+        warmup_epochs = (self.warmup_epochs if self.warmup_epochs is not None else
+                         checkpointed["warmup_epochs"] if checkpointed is not None else WARMUP_FRACTION * max_epochs)
+        return replace(self, max_epochs=max_epochs, warmup_epochs=warmup_epochs,
                        early_stopping=validation if self.early_stopping is None else self.early_stopping)
 
     def kl_weight_at(self, step: int, steps_per_epoch: int) -> float:
@@ -245,7 +250,9 @@ def fit_module(module: nn.Module,
         rank, pieces = process_rank(), dict(rank=process_rank(), world_size=world_size())
         train = ShardedLoader(counts, batch_codes, train_indices, config.batch_size, shuffle=True, seed=seeds["shuffle"], **pieces)
         if train.n_cells == 0: raise ValueError("there are no cells to train on")
-        config = config.resolved(train.n_cells, validation_indices is not None)
+        saved = read_checkpoint_from_rank_0(checkpoint_dir) if resume else None
+        config = config.resolved(train.n_cells, validation_indices is not None,
+                                 None if saved is None else saved["identity"]["settings"])  # a resumed run keeps its warm-up
         validation = (None if validation_indices is None else
                       ShardedLoader(train.counts, batch_codes, validation_indices, max(config.batch_size, 1024), **pieces))
         identity = {**(identity or {}), "seed": seed, "cells x genes": list(train.counts.shape),
@@ -257,7 +264,6 @@ def fit_module(module: nn.Module,
                                      fused=device.type in ("cpu", "cuda"))  # one kernel for all parameters
         generator = torch.Generator(device=device).manual_seed(seeds["samples"])
         run = dict(epoch=0, history=[], best=math.inf, best_epoch=0, best_state=None, waited=0, stopped_early=False)
-        saved = read_checkpoint_from_rank_0(checkpoint_dir) if resume else None
         if resume and saved is None and rank == 0:
             warnings.warn(f"no checkpoint in '{checkpoint_dir}' to resume from: training from the first epoch")
         if saved is not None:
