@@ -299,7 +299,7 @@ def fit_module(module: nn.Module,
                 run["history"].append(row)
                 bar.set_postfix(_postfix(row))
                 if on_epoch is not None and rank == 0: on_epoch(row | {"max_epochs": config.max_epochs, "stage": label.strip(", ")})
-                if validation is None: run["best_epoch"] = epoch
+                if validation is None or row["kl_weight"] < 1: run["best_epoch"] = epoch  # warming up: not yet the ELBO's model
                 elif row["validation_neg_elbo"] < run["best"] - config.min_delta:
                     run.update(best=row["validation_neg_elbo"], best_epoch=epoch, waited=0)
                     if config.early_stopping:
