@@ -80,13 +80,13 @@ def test_cli_under_torchrun_writes_from_rank_0_and_resumes(tmp_path):
     def fit(out, epochs, *extra):
         return torchrun("--no-python", CLI, "fit", data, "--out", tmp_path / out, "-K", "3", "--epochs", epochs, "-M", "1",
                         "--n-x", "8", "--n-w", "4", "--quiet", *extra)
-    fit("whole", 4, "--n-init", "1")  # one model, as a checkpointed run trains
-    result = fit("half", 2, "--checkpoint-dir", tmp_path / "checkpoints")
+    fit("whole", 4, "--n-init", "1")  # one model, as a checkpointed run trains; its KL warm-up is a quarter of 4 epochs
+    result = fit("half", 2, "--warmup-epochs", "1", "--checkpoint-dir", tmp_path / "checkpoints")  # stopped halfway
     assert result.stdout.count("fitted K=3 to 400 cells x 100 genes in 2 epochs") == 1
     assert sorted(p.name for p in (tmp_path / "half").iterdir()) == ["adata.h5ad", "model"]
     checkpoint = read_checkpoint(tmp_path / "checkpoints")
     assert checkpoint["run"]["epoch"] == 2 and len(checkpoint["dropout_rng"]) == 2  # both processes' dropout streams
-    fit("resumed", 4, "--checkpoint-dir", tmp_path / "checkpoints", "--resume")
+    fit("resumed", 4, "--checkpoint-dir", tmp_path / "checkpoints", "--resume")  # with the checkpoint's warm-up
     whole, resumed = (torch.load(tmp_path / out / "model" / "model.pt", weights_only=True) for out in ("whole", "resumed"))
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)
 

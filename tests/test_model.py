@@ -306,22 +306,26 @@ CELLBENCH = DATA / "cellbench_rnamix.h5ad"
 
 
 def test_two_technologies_are_mixed_and_the_groups_kept_with_defaults():
-    "CellBench RNA mixtures, two technologies, 7 groups: the defaults mix the technologies and the own clusters find the groups."
+    "CellBench RNA mixtures, two technologies, 7 groups: with the defaults, over seeds 0-2 (the issue's median of three), the technologies mix and the own clusters find the groups."
     if not CELLBENCH.is_file(): pytest.skip(f"{CELLBENCH} is not here")
     from gmvae_nb.baselines import pca_baseline
     from gmvae_nb.data import select_genes
     from gmvae_nb.metrics import exact_neighbors, ilisi, knn_connectivities, leiden_scores
     adata = split(select_genes(load_counts(CELLBENCH), n_top_genes=2000), seed=0)
-    model = GMVAE(adata, n_clusters=7, seed=0).fit(progress=False, device="cpu")
     labels, batches = adata.obs["cell_type"].astype(str).to_numpy(), adata.obs["batch"].astype(str).to_numpy()
-    own_ari = adjusted_rand_score(labels, model.predict())
+    own_ari, mixing = [], []
+    for seed in (0, 1, 2):
+        model = GMVAE(adata, n_clusters=7, seed=seed).fit(progress=False, device="cpu")
+        own_ari.append(adjusted_rand_score(labels, model.predict()))
+        mixing.append(ilisi(exact_neighbors(model.get_latent(), 90), batches))
     pca = pca_baseline(adata, n_comps=30)  # the protocol, as benchmarks/quality.py
     leiden_pca = leiden_scores(knn_connectivities(exact_neighbors(pca, 15)), labels, resolutions=(1.0,)).loc[1.0, "ari"]
-    mixing = {name: ilisi(exact_neighbors(x, 90), batches) for name, x in (("GMVAE", model.get_latent()), ("PCA", pca))}
-    print(f"cellbench: own-cluster ARI {own_ari:.3f} (Leiden r=1 on PCA {leiden_pca:.3f}); iLISI GMVAE "
-          f"{mixing['GMVAE']:.3f}, PCA {mixing['PCA']:.3f}")
-    assert own_ari >= 0.7 and own_ari > leiden_pca  # seed 0: 0.79 against 0.66 (0.79-0.85 and 0.64-0.69 over seeds 0-2)
-    assert mixing["GMVAE"] >= 0.7 and mixing["PCA"] <= 0.5  # unintegrated PCA keeps the technologies apart
+    mixing_pca = ilisi(exact_neighbors(pca, 90), batches)
+    print(f"cellbench: own-cluster ARI {np.round(own_ari, 3)} (Leiden r=1 on PCA {leiden_pca:.3f}); iLISI GMVAE "
+          f"{np.round(mixing, 3)}, PCA {mixing_pca:.3f}")
+    # two threads: 0.58 / 0.87 / 0.88 against 0.69 (seed 0 keeps a restart that merges two groups)
+    assert np.median(own_ari) >= 0.8 and np.median(own_ari) > leiden_pca
+    assert min(mixing) >= 0.7 and mixing_pca <= 0.5  # unintegrated PCA keeps the technologies apart
 
 
 def test_cli_fit_writes_model_and_annotated_h5ad(tmp_path):
