@@ -36,9 +36,9 @@ def simulate_command(args: argparse.Namespace) -> Path:
 # %% ../nbs/12_cli.ipynb #7c187ac4
 NONE_SPELLINGS = {"layer": "X", "batch_key": "none", "label_key": "none", "init_mixture": "none", "choose_after": "none"}  # how the command line writes the library's None
 
-def _none_as(dest: str, kind: Callable = str):
-    "An argparse type for the option of `dest`: the value given, as `kind` reads it, or None for the word `NONE_SPELLINGS[dest]`."
-    def value(text: str): return None if text == NONE_SPELLINGS[dest] else kind(text)
+def _none_as(dest: str, kind: Callable = str, words: tuple[str, ...] = ()):
+    "An argparse type for the option of `dest`: the value given, as `kind` reads it; None for the word `NONE_SPELLINGS[dest]`; any of `words` as it is."
+    def value(text: str): return None if text == NONE_SPELLINGS[dest] else text if text in words else kind(text)
     value.__name__ = kind.__name__  # argparse names the type in its error for a value `kind` cannot read
     return value
 
@@ -63,9 +63,10 @@ TRAIN_OPTIONS = {  # options of fit, sweep and main -> argparse settings, with t
                                    "others as initialised; none, all as initialised"),
     ("--init-epochs",): dict(dest="init_epochs", type=int, default=60,
                              help="epochs trained before --init-mixture fits its Gaussian mixture"),
-    ("--choose-after",): dict(dest="choose_after", type=_none_as("choose_after", int), default=50,
+    ("--choose-after",): dict(dest="choose_after", type=_none_as("choose_after", int, words=("auto",)), default="auto",
                               help="epochs each restart trains from its mixture's start before the restarts are compared; "
-                                   "only the kept one trains on (none: every restart trains to the end)"),
+                                   "only the kept one trains on (auto: 50, or 20 past the KL warm-up's end where that is "
+                                   "later; none: every restart trains to the end)"),
 }
 
 # %% ../nbs/12_cli.ipynb #0085a1b5

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import tempfile
 import warnings
 from contextlib import nullcontext
@@ -33,9 +34,10 @@ from .modules import GMVAEModule
 from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'DEFAULT_CHOOSE_AFTER', 'PREDICT_SAMPLES', 'GMVAE',
-           'fits_mixture_on_x', 'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo',
-           'restart_agreement', 'choose_restart', 'posterior_mixture_moments']
+__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP',
+           'PREDICT_SAMPLES', 'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start', 'continued_history',
+           'restart_seed', 'final_neg_elbo', 'restart_agreement', 'choose_restart', 'default_choose_after',
+           'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -245,7 +247,12 @@ def choose_restart(
 
 # %% ../nbs/11_model.ipynb #b48fe511
 DEFAULT_N_INIT = 3  # fit's restarts of a model's first fit: the one whose clusters agree most with the other two's is kept
-DEFAULT_CHOOSE_AFTER = 50  # epochs each restart trains from its mixture's start before they are compared; the kept one trains on
+CHOOSE_AFTER_EPOCHS = 50  # with choose_after="auto" the restarts train at least this many epochs from their mixture's start before they are compared
+CHOOSE_AFTER_WARMUP = 20  # ... and at least this many past the end of the KL warm-up
+
+def default_choose_after(warmup_epochs: float) -> int:
+    "Epochs from the mixture's start after which `fit(choose_after=\"auto\")` compares the restarts: `CHOOSE_AFTER_EPOCHS`, or `CHOOSE_AFTER_WARMUP` past the end of a warm-up of `warmup_epochs` where that is later."
+    return max(CHOOSE_AFTER_EPOCHS, math.ceil(warmup_epochs) + CHOOSE_AFTER_WARMUP)
 
 
 # %% ../nbs/11_model.ipynb #ad292ac0
@@ -261,7 +268,7 @@ def fit(self: GMVAE,
         resume: bool = False,             # continue the run checkpointed in `checkpoint_dir` up to `max_epochs`
         init_mixture: str | None = "mixed",  # "gmm": after `init_epochs` epochs, restart the mixture from a Gaussian mixture on x; "mixed": every third restart does; None: none does
         init_epochs: int = 60,            # epochs trained before `init_mixture` fits its Gaussian mixture
-        choose_after: int | None = DEFAULT_CHOOSE_AFTER,  # with restarts: each trains this many epochs from its mixture's start, then only the kept one trains on; None: every restart trains to the end
+        choose_after: int | str | None = "auto",  # with restarts: each trains this many epochs from its mixture's start, then only the kept one trains on; "auto": `default_choose_after` of the warm-up; None: every restart trains to the end
         on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
@@ -284,13 +291,14 @@ def fit(self: GMVAE,
                          f"trained {len(self.history)} epochs and checkpoint_dir is {checkpoint_dir!r}")
     if init_mixture and (int(init_epochs) != init_epochs or init_epochs < 1):
         raise ValueError(f"init_epochs must be a whole number of at least 1, got {init_epochs!r}")
-    if choose_after is not None and (int(choose_after) != choose_after or choose_after < 1):
-        raise ValueError(f"choose_after must be a whole number of at least 1, or None; got {choose_after!r}")
+    if choose_after not in ("auto", None) and (isinstance(choose_after, str) or int(choose_after) != choose_after or choose_after < 1):
+        raise ValueError(f"choose_after must be \"auto\", a whole number of at least 1, or None; got {choose_after!r}")
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
                     model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)})
     whole_run = config.resolved(len(train), validation=False)  # max_epochs and the warm-up, as fit_module resolves them
     max_epochs, warmup_epochs = whole_run.max_epochs, whole_run.warmup_epochs  # the shorter phases keep the whole run's warm-up
+    if choose_after == "auto": choose_after = default_choose_after(warmup_epochs)
     screened = n_init > 1 and choose_after is not None and choose_after < max_epochs
     restarts = []  # per restart: its seed, module, label, pretraining and history; with n_init > 1 its −ELBO and clusters where compared
     with process_group(select_device(device)), (tempfile.TemporaryDirectory() if screened else nullcontext()) as paused:
