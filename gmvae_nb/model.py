@@ -27,17 +27,17 @@ from fastcore.meta import delegates
 
 from .data import check_cells_have_batches, check_counts, check_unique_genes, count_matrix
 from .distributed import gathered_from_processes, process_group, process_rank, select_device
-from .elbo import TERMS
+from .elbo import TERMS, component_log_densities
 from .files import atomic_path, write_json_atomic
 from .loaders import CSRLoader, DiskRows, Minibatch, on_disk
-from .modules import GMVAEModule
+from .modules import GMVAEModule, _reparameterise
 from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP',
-           'PREDICT_SAMPLES', 'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start', 'continued_history',
-           'restart_seed', 'final_neg_elbo', 'restart_agreement', 'choose_restart', 'default_choose_after',
-           'posterior_mixture_moments']
+__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MIXING_EM_STEPS', 'DEFAULT_N_INIT',
+           'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP', 'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start',
+           'continued_history', 'restart_seed', 'final_neg_elbo', 'restart_agreement', 'choose_restart',
+           'em_mixing_weights', 'default_choose_after', 'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -245,6 +245,83 @@ def choose_restart(
     return int(equals[np.argmin(np.asarray(neg_elbos, dtype=float)[equals])])
 
 
+# %% ../nbs/11_model.ipynb #e760003a
+@patch
+@torch.no_grad()
+def _per_cell(self: GMVAE, adata: ad.AnnData | None, outputs: Callable[[Minibatch], dict[str, torch.Tensor]],
+              batch_size: int = 1024, indices: np.ndarray | None = None) -> tuple[ad.AnnData, dict[str, np.ndarray]]:
+    "`adata` and the per-cell `outputs(minibatch)` over its cells (the rows `indices` if given), in eval mode, written minibatch by minibatch into one array each, in cell order."
+    adata, loader = self._loader(adata, batch_size, indices)
+    self.module.eval()
+    out: dict[str, np.ndarray] = {}
+    start = 0
+    for mb in loader:
+        for name, value in outputs(mb.to(self.device)).items():
+            value = value.cpu().numpy()
+            if name not in out: out[name] = np.empty((loader.n_cells, *value.shape[1:]), value.dtype)
+            out[name][start:start + len(value)] = value
+        start += len(mb.index)
+    return adata, out
+
+@patch
+def _inference_noise(self: GMVAE, n_samples: int) -> torch.Tensor:
+    "The `n_samples` standard normal draws (M, 1, n_x + n_w) that every cell uses at inference, seeded by the model's seed (zeros for 0: the posterior means)."
+    if n_samples == 0: return torch.zeros(1, 1, self.module.n_x + self.module.n_w, device=self.device)
+    generator = torch.Generator(device=self.device).manual_seed(seed_streams(self.seed)["inference"])
+    return self.module.sample_noise(1, n_samples, generator)
+
+PREDICT_SAMPLES = 10  # draws of (x, w) per cell behind the responsibilities of `predict_proba` and `predict`, by default
+
+@patch
+def _sampled_terms(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int):
+    "Per-cell ELBO terms and proba from `n_samples` draws of (x, w) per cell, the same standardised draws for every cell (0: at the posterior means)."
+    noise = self._inference_noise(n_samples)
+    return self._per_cell(adata, lambda mb: self.module.elbo(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1), mb.nonzero),
+                          batch_size)
+
+@patch
+def _clusters(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024) -> np.ndarray:
+    "Every cell's cluster as `predict` gives it by default, without annotating `adata`."
+    return self._sampled_terms(adata, PREDICT_SAMPLES, batch_size)[1]["proba"].argmax(1)
+
+# %% ../nbs/11_model.ipynb #a1f3c0d2
+MIXING_EM_STEPS = 10  # EM steps that set π to the trained model's own at the end of `fit` (learn_pi=False)
+
+def em_mixing_weights(
+    log_densities: np.ndarray | torch.Tensor,  # (cells, draws, K) log N(x; μ_k(w), σ_k²(w)) at each draw
+    steps: int = MIXING_EM_STEPS,
+) -> np.ndarray:  # (K,) π, summing to 1
+    "Mixture weights after `steps` EM steps from uniform, each π_k ← the mean over cells and draws of softmax_k(log π_k + log N_k)."
+    log_densities = torch.as_tensor(log_densities, dtype=torch.float64)
+    n_cells, n_draws, n_clusters = log_densities.shape
+    log_pi = torch.full((n_clusters,), -math.log(n_clusters), dtype=torch.float64)
+    for _ in range(steps):
+        log_pi = torch.logsumexp(torch.log_softmax(log_densities + log_pi, dim=-1), dim=(0, 1)) - math.log(n_cells * n_draws)
+    return log_pi.exp().numpy()
+
+# %% ../nbs/11_model.ipynb #a1f3c0d4
+@patch
+@torch.no_grad()
+def _component_log_densities(self: GMVAE, cells: np.ndarray) -> np.ndarray:
+    "log N(x; μ_k(w), σ_k²(w)) (cells, draws, K) of the rows `cells` of the training data, at the draws of (x, w) behind `predict_proba`."
+    noise = self._inference_noise(PREDICT_SAMPLES)
+    def log_densities(mb: Minibatch) -> dict[str, torch.Tensor]:
+        posterior = self.module.encode(mb.counts, mb.batch)
+        noise_x, noise_w = noise.expand(-1, len(mb.index), -1).split([self.module.n_x, self.module.n_w], dim=-1)
+        x = _reparameterise(posterior["x_mean"], posterior["x_logvar"], noise_x)  # (draws, B, n_x)
+        prior_mean, prior_logvar = self.module.prior(_reparameterise(posterior["w_mean"], posterior["w_logvar"], noise_w))
+        return {"log_density": component_log_densities(x, prior_mean, prior_logvar, torch.zeros(())).transpose(0, 1)}
+    return self._per_cell(None, log_densities, indices=cells)[1]["log_density"]
+
+@patch
+def _refit_mixing_weights(self: GMVAE, cells: np.ndarray | None) -> bool:
+    "Set a uniform-π model's π to `em_mixing_weights` of the training rows `cells` (None: back to uniform); a learned π is left as it is. Whether π was set."
+    if isinstance(self.module.pi_logits, torch.nn.Parameter): return False
+    weights = None if cells is None else em_mixing_weights(self._component_log_densities(cells))
+    self.module.pi_logits.copy_(torch.zeros(self.n_clusters) if weights is None else
+                                torch.log(torch.as_tensor(weights).clamp_min(1e-30)).to(self.module.pi_logits))
+    return True
+
 # %% ../nbs/11_model.ipynb #b48fe511
 DEFAULT_N_INIT = 3  # fit's restarts of a model's first fit: the one whose clusters agree most with the other two's is kept
 CHOOSE_AFTER_EPOCHS = 50  # with choose_after="auto" the restarts train at least this many epochs from their mixture's start before they are compared
@@ -294,6 +371,7 @@ def fit(self: GMVAE,
     if choose_after not in ("auto", None) and (isinstance(choose_after, str) or int(choose_after) != choose_after or choose_after < 1):
         raise ValueError(f"choose_after must be \"auto\", a whole number of at least 1, or None; got {choose_after!r}")
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
+    self._refit_mixing_weights(None)  # π uniform while training (unless learned)
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
                     model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)})
     whole_run = config.resolved(len(train), validation=False)  # max_epochs and the warm-up, as fit_module resolves them
@@ -338,53 +416,16 @@ def fit(self: GMVAE,
         if screened: kept["history"] = main_phase(kept, config, kept["label"] + "kept, ", resume=True,
                                                   checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
     history, self.module = kept["history"], kept["module"]
+    refitted = self._refit_mixing_weights(train)
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
     self.train_config = history.attrs["config"] | dict(n_init=n_init)  # with max_epochs resolved for the training cells
     self.train_config |= dict(init_mixture=starts[chosen])  # how the kept model's mixture started: "gmm" or None
+    if refitted: self.train_config |= dict(mixing_em_steps=MIXING_EM_STEPS)  # π set from the training cells after training
     if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_agreement=agreements, restart_chosen=chosen,
                                              restart_init_mixture=starts, restart_chosen_after=int(choose_after) if screened else None)
     if "gmm" in starts: self.train_config |= dict(init_epochs=int(init_epochs))
     return self
-
-# %% ../nbs/11_model.ipynb #e760003a
-@patch
-@torch.no_grad()
-def _per_cell(self: GMVAE, adata: ad.AnnData | None, outputs: Callable[[Minibatch], dict[str, torch.Tensor]],
-              batch_size: int = 1024, indices: np.ndarray | None = None) -> tuple[ad.AnnData, dict[str, np.ndarray]]:
-    "`adata` and the per-cell `outputs(minibatch)` over its cells (the rows `indices` if given), in eval mode, written minibatch by minibatch into one array each, in cell order."
-    adata, loader = self._loader(adata, batch_size, indices)
-    self.module.eval()
-    out: dict[str, np.ndarray] = {}
-    start = 0
-    for mb in loader:
-        for name, value in outputs(mb.to(self.device)).items():
-            value = value.cpu().numpy()
-            if name not in out: out[name] = np.empty((loader.n_cells, *value.shape[1:]), value.dtype)
-            out[name][start:start + len(value)] = value
-        start += len(mb.index)
-    return adata, out
-
-@patch
-def _inference_noise(self: GMVAE, n_samples: int) -> torch.Tensor:
-    "The `n_samples` standard normal draws (M, 1, n_x + n_w) that every cell uses at inference, seeded by the model's seed (zeros for 0: the posterior means)."
-    if n_samples == 0: return torch.zeros(1, 1, self.module.n_x + self.module.n_w, device=self.device)
-    generator = torch.Generator(device=self.device).manual_seed(seed_streams(self.seed)["inference"])
-    return self.module.sample_noise(1, n_samples, generator)
-
-PREDICT_SAMPLES = 10  # draws of (x, w) per cell behind the responsibilities of `predict_proba` and `predict`, by default
-
-@patch
-def _sampled_terms(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int):
-    "Per-cell ELBO terms and proba from `n_samples` draws of (x, w) per cell, the same standardised draws for every cell (0: at the posterior means)."
-    noise = self._inference_noise(n_samples)
-    return self._per_cell(adata, lambda mb: self.module.elbo(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1), mb.nonzero),
-                          batch_size)
-
-@patch
-def _clusters(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024) -> np.ndarray:
-    "Every cell's cluster as `predict` gives it by default, without annotating `adata`."
-    return self._sampled_terms(adata, PREDICT_SAMPLES, batch_size)[1]["proba"].argmax(1)
 
 # %% ../nbs/11_model.ipynb #961f4322
 def _uns_key(key_added: str, default: str) -> str:
