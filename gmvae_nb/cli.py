@@ -67,6 +67,9 @@ TRAIN_OPTIONS = {  # options of fit, sweep and main -> argparse settings, with t
                               help="epochs each restart trains from its mixture's start before the restarts are compared; "
                                    "only the kept one trains on (auto: 50, or 20 past the KL warm-up's end where that is "
                                    "later; none: every restart trains to the end)"),
+    ("--mixing-em-steps",): dict(dest="mixing_em_steps", type=int, default=10,
+                                 help="EM steps that set the mixing weights from the training cells after training "
+                                      "(0: they stay uniform)"),
 }
 
 # %% ../nbs/12_cli.ipynb #0085a1b5
@@ -212,7 +215,7 @@ def report_command(args: argparse.Namespace) -> Path:
     return path
 
 # %% ../nbs/12_cli.ipynb #b9859e8b
-MAIN_JOB_TRAINING = {"max_epochs": 20, "n_samples": 2, "n_init": 1}  # lighter than the defaults (epochs scaled to the data, three restarts): 36 runs on 2 cores, whose six seeds per K the report compares
+MAIN_JOB_TRAINING = {"max_epochs": 60, "n_samples": 2, "n_init": 1}  # lighter than the defaults (epochs scaled to the data, three restarts): 36 runs on 2 cores, whose six seeds per K the report compares
 
 # %% ../nbs/12_cli.ipynb #6143b7ad
 def main_command(args: argparse.Namespace) -> Path:

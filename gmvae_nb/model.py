@@ -314,10 +314,10 @@ def _component_log_densities(self: GMVAE, cells: np.ndarray) -> np.ndarray:
     return self._per_cell(None, log_densities, indices=cells)[1]["log_density"]
 
 @patch
-def _refit_mixing_weights(self: GMVAE, cells: np.ndarray | None) -> bool:
-    "Set a uniform-π model's π to `em_mixing_weights` of the training rows `cells` (None: back to uniform); a learned π is left as it is. Whether π was set."
+def _refit_mixing_weights(self: GMVAE, cells: np.ndarray | None, steps: int = MIXING_EM_STEPS) -> bool:
+    "Set a uniform-π model's π to `em_mixing_weights` of the training rows `cells` after `steps` (None or 0: back to uniform); a learned π is left as it is. Whether π was set."
     if isinstance(self.module.pi_logits, torch.nn.Parameter): return False
-    weights = None if cells is None else em_mixing_weights(self._component_log_densities(cells))
+    weights = None if cells is None or not steps else em_mixing_weights(self._component_log_densities(cells), steps)
     self.module.pi_logits.copy_(torch.zeros(self.n_clusters) if weights is None else
                                 torch.log(torch.as_tensor(weights).clamp_min(1e-30)).to(self.module.pi_logits))
     return True
@@ -331,6 +331,12 @@ def default_choose_after(warmup_epochs: float) -> int:
     "Epochs from the mixture's start after which `fit(choose_after=\"auto\")` compares the restarts: `CHOOSE_AFTER_EPOCHS`, or `CHOOSE_AFTER_WARMUP` past the end of a warm-up of `warmup_epochs` where that is later."
     return max(CHOOSE_AFTER_EPOCHS, math.ceil(warmup_epochs) + CHOOSE_AFTER_WARMUP)
 
+
+# %% ../nbs/11_model.ipynb #5b7e21c4
+def _whole_number(value, at_least: int) -> bool:
+    "Whether `value` is a whole number of at least `at_least` (a string, a bool, NaN or None is not)."
+    try: return not isinstance(value, (str, bool)) and int(value) == value and value >= at_least
+    except (TypeError, ValueError, OverflowError): return False
 
 # %% ../nbs/11_model.ipynb #ad292ac0
 @patch
@@ -346,6 +352,7 @@ def fit(self: GMVAE,
         init_mixture: str | None = "mixed",  # "gmm": after `init_epochs` epochs, restart the mixture from a Gaussian mixture on x; "mixed": every third restart does; None: none does
         init_epochs: int = 60,            # epochs trained before `init_mixture` fits its Gaussian mixture
         choose_after: int | str | None = "auto",  # with restarts: each trains this many epochs from its mixture's start, then only the kept one trains on; "auto": `default_choose_after` of the warm-up; None: every restart trains to the end
+        mixing_em_steps: int = MIXING_EM_STEPS,  # EM steps that set π from the training cells after training (with learn_pi=False); 0: π stays uniform
         on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
@@ -366,10 +373,12 @@ def fit(self: GMVAE,
     if "gmm" in starts and (len(self.history) or checkpoint_dir is not None):
         raise ValueError(f"init_mixture={init_mixture!r} starts a model's first fit and cannot be checkpointed; this model has "
                          f"trained {len(self.history)} epochs and checkpoint_dir is {checkpoint_dir!r}")
-    if init_mixture and (int(init_epochs) != init_epochs or init_epochs < 1):
+    if init_mixture and not _whole_number(init_epochs, 1):
         raise ValueError(f"init_epochs must be a whole number of at least 1, got {init_epochs!r}")
-    if choose_after not in ("auto", None) and (isinstance(choose_after, str) or int(choose_after) != choose_after or choose_after < 1):
+    if choose_after not in ("auto", None) and not _whole_number(choose_after, 1):
         raise ValueError(f"choose_after must be \"auto\", a whole number of at least 1, or None; got {choose_after!r}")
+    if not _whole_number(mixing_em_steps, 0):
+        raise ValueError(f"mixing_em_steps must be a whole number of at least 0, got {mixing_em_steps!r}")
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     self._refit_mixing_weights(None)  # π uniform while training (unless learned)
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
@@ -416,12 +425,12 @@ def fit(self: GMVAE,
         if screened: kept["history"] = main_phase(kept, config, kept["label"] + "kept, ", resume=True,
                                                   checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
     history, self.module = kept["history"], kept["module"]
-    refitted = self._refit_mixing_weights(train)
+    refitted = self._refit_mixing_weights(train, mixing_em_steps)
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
     self.train_config = history.attrs["config"] | dict(n_init=n_init)  # with max_epochs resolved for the training cells
     self.train_config |= dict(init_mixture=starts[chosen])  # how the kept model's mixture started: "gmm" or None
-    if refitted: self.train_config |= dict(mixing_em_steps=MIXING_EM_STEPS)  # π set from the training cells after training
+    if refitted: self.train_config |= dict(mixing_em_steps=int(mixing_em_steps))  # π set from the training cells after training (0: uniform)
     if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_agreement=agreements, restart_chosen=chosen,
                                              restart_init_mixture=starts, restart_chosen_after=int(choose_after) if screened else None)
     if "gmm" in starts: self.train_config |= dict(init_epochs=int(init_epochs))
