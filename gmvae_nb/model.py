@@ -30,7 +30,7 @@ from .distributed import gathered_from_processes, process_group, process_rank, s
 from .elbo import TERMS, component_log_densities
 from .files import atomic_path, write_json_atomic
 from .loaders import CSRLoader, DiskRows, Minibatch, on_disk
-from .modules import GMVAEModule, _reparameterise
+from .modules import GMVAEModule
 from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
@@ -306,10 +306,7 @@ def _component_log_densities(self: GMVAE, cells: np.ndarray) -> np.ndarray:
     "log N(x; μ_k(w), σ_k²(w)) (cells, draws, K) of the rows `cells` of the training data, at the draws of (x, w) behind `predict_proba`."
     noise = self._inference_noise(PREDICT_SAMPLES)
     def log_densities(mb: Minibatch) -> dict[str, torch.Tensor]:
-        posterior = self.module.encode(mb.counts, mb.batch)
-        noise_x, noise_w = noise.expand(-1, len(mb.index), -1).split([self.module.n_x, self.module.n_w], dim=-1)
-        x = _reparameterise(posterior["x_mean"], posterior["x_logvar"], noise_x)  # (draws, B, n_x)
-        prior_mean, prior_logvar = self.module.prior(_reparameterise(posterior["w_mean"], posterior["w_logvar"], noise_w))
+        _, x, prior_mean, prior_logvar = self.module.draw_latents(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1))
         return {"log_density": component_log_densities(x, prior_mean, prior_logvar, torch.zeros(())).transpose(0, 1)}
     return self._per_cell(None, log_densities, indices=cells)[1]["log_density"]
 

@@ -164,6 +164,20 @@ def decode(self: GMVAEModule, x: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]
 
 # %% ../nbs/06_modules.ipynb #3ec3098f
 @patch
+def draw_latents(
+    self: GMVAEModule,
+    counts: Tensor,  # (B, G) dense counts
+    batch: Tensor,  # (B,) batch indices
+    noise: Tensor,  # (M, B, n_x + n_w) standard normal draws
+) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:  # posterior, x (M, B, n_x), prior_mean and prior_logvar (M, B, K, n_x)
+    "The posterior of (x, w), the draws of x for `noise`, and the K components' means and log-variances at the draws of w."
+    posterior = self.encode(counts, batch)
+    noise_x, noise_w = noise.split([self.n_x, self.n_w], dim=-1)
+    x = _reparameterise(posterior["x_mean"], posterior["x_logvar"], noise_x)  # (M, B, n_x)
+    w = _reparameterise(posterior["w_mean"], posterior["w_logvar"], noise_w)  # (M, B, n_w)
+    return posterior, x, *self.prior(w)
+
+@patch
 def elbo(
     self: GMVAEModule,
     counts: Tensor,  # (B, G) dense counts
@@ -172,11 +186,7 @@ def elbo(
     nonzero: tuple[Tensor, Tensor],  # (rows, cols) of counts' nonzeros
 ) -> dict[str, Tensor]:  # rec, kl_w, kl_z, cond (B,) and proba (B, K)
     "Per-cell −ELBO terms and responsibilities for given noise: deterministic, pure tensor code (compile this)."
-    posterior = self.encode(counts, batch)
-    noise_x, noise_w = noise.split([self.n_x, self.n_w], dim=-1)
-    x = _reparameterise(posterior["x_mean"], posterior["x_logvar"], noise_x)  # (M, B, n_x)
-    w = _reparameterise(posterior["w_mean"], posterior["w_logvar"], noise_w)  # (M, B, n_w)
-    prior_mean, prior_logvar = self.prior(w)  # (M, B, K, n_x) each
+    posterior, x, prior_mean, prior_logvar = self.draw_latents(counts, batch, noise)
     logits, log_theta = self.decode(x, batch)  # (M, B, G), log θ broadcastable
     log_likelihood = nb_log_likelihood(counts, logits, _log_library(counts), log_theta, nonzero)  # (M, B)
     return elbo_terms(log_likelihood, x, **posterior, prior_mean=prior_mean, prior_logvar=prior_logvar,
