@@ -350,6 +350,7 @@ def fit(self: GMVAE,
         init_epochs: int = 60,            # epochs trained before `init_mixture` fits its Gaussian mixture
         choose_after: int | str | None = "auto",  # with restarts: each trains this many epochs from its mixture's start, then only the kept one trains on; "auto": `default_choose_after` of the warm-up; None: every restart trains to the end
         mixing_em_steps: int = MIXING_EM_STEPS,  # EM steps that set π from the training cells after training (with learn_pi=False); 0: π stays uniform
+        mixing_em_each_epoch: bool = False,  # also set π so after every epoch past the KL warm-up: the networks train on with it
         on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
@@ -376,22 +377,32 @@ def fit(self: GMVAE,
         raise ValueError(f"choose_after must be \"auto\", a whole number of at least 1, or None; got {choose_after!r}")
     if not _whole_number(mixing_em_steps, 0):
         raise ValueError(f"mixing_em_steps must be a whole number of at least 0, got {mixing_em_steps!r}")
+    if not isinstance(mixing_em_each_epoch, bool):
+        raise ValueError(f"mixing_em_each_epoch must be True or False, got {mixing_em_each_epoch!r}")
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     self._refit_mixing_weights(None)  # π uniform while training (unless learned)
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
-                    model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)})
+                    model=dict(seed=self.seed, **self.module_kwargs),
+                    **{"epochs trained before this fit": len(self.history),
+                       "EM steps that set π after each epoch": int(mixing_em_steps) if mixing_em_each_epoch else 0})
     whole_run = config.resolved(len(train), validation=False)  # max_epochs and the warm-up, as fit_module resolves them
     max_epochs, warmup_epochs = whole_run.max_epochs, whole_run.warmup_epochs  # the shorter phases keep the whole run's warm-up
     if choose_after == "auto": choose_after = default_choose_after(warmup_epochs)
     screened = n_init > 1 and choose_after is not None and choose_after < max_epochs
     restarts = []  # per restart: its seed, module, label, pretraining and history; with n_init > 1 its −ELBO and clusters where compared
     with process_group(select_device(device)), (tempfile.TemporaryDirectory() if screened else nullcontext()) as paused:
+        def refit_mixing_past_warmup(epoch: dict):
+            "After an epoch whose KL weight has reached 1, π from `self.module`'s networks as `fit` sets it at the end."
+            if epoch["kl_weight"] >= 1: self._refit_mixing_weights(train, mixing_em_steps)
+        each_epoch = refit_mixing_past_warmup if mixing_em_each_epoch and mixing_em_steps else None
+
         def main_phase(run: dict, run_config: TrainConfig, label: str, **checkpointing) -> pd.DataFrame:
             "Train `run`'s module from its mixture's start (or on from a checkpoint, as `checkpointing` says); its whole history."
-            before = run["before"]
+            before, self.module = run["before"], run["module"]
             history = fit_module(run["module"], counts, codes, train, validation, run_config, device=device,
                                  seed=run["seed"] + len(self.history) + (0 if before is None else len(before)),
-                                 progress=progress, label=label, identity=identity, on_epoch=on_epoch, **checkpointing)
+                                 progress=progress, label=label, identity=identity, on_epoch=on_epoch,
+                                 after_steps=each_epoch, **checkpointing)
             return history if before is None else continued_history(before, history)
 
         for restart in range(n_init):
@@ -427,7 +438,8 @@ def fit(self: GMVAE,
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
     self.train_config = history.attrs["config"] | dict(n_init=n_init)  # with max_epochs resolved for the training cells
     self.train_config |= dict(init_mixture=starts[chosen])  # how the kept model's mixture started: "gmm" or None
-    if refitted: self.train_config |= dict(mixing_em_steps=int(mixing_em_steps))  # π set from the training cells after training (0: uniform)
+    if refitted: self.train_config |= dict(mixing_em_steps=int(mixing_em_steps),  # π set from the training cells after training (0: uniform)
+                                           mixing_em_each_epoch=bool(each_epoch))  # ... and after each epoch past the warm-up
     if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_agreement=agreements, restart_chosen=chosen,
                                              restart_init_mixture=starts, restart_chosen_after=int(choose_after) if screened else None)
     if "gmm" in starts: self.train_config |= dict(init_epochs=int(init_epochs))

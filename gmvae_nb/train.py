@@ -237,6 +237,7 @@ def fit_module(module: nn.Module,
                resume: bool = False,                     # continue from the checkpoint in `checkpoint_dir` (none there: start afresh)
                identity: dict | None = None,             # what else a checkpoint must match to be resumed (e.g. genes); saved in it
                on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs
+               after_steps: Callable[[dict], None] | None = None,  # called on every process after each epoch's training steps, before its validation, with the epoch and its last KL weight
               ) -> pd.DataFrame:
     "Train `module` in place on the rows `train_indices` of `counts` and leave it in eval mode; returns the per-epoch history. Under `torchrun`, the processes train together."
     config = config or TrainConfig()
@@ -289,6 +290,7 @@ def fit_module(module: nn.Module,
                 bar.set_description(f"{label}epoch {epoch}/{config.max_epochs}")
                 means = train_epoch(module, train, optimizer, config, epoch, (epoch - 1) * len(train) + 1,
                                     generator, device, step_elbo, bar)
+                if after_steps is not None: after_steps(dict(epoch=epoch, kl_weight=means["kl_weight"]))
                 row = {"epoch": epoch, "lr": config.lr_at(epoch), "kl_weight": means.pop("kl_weight"),
                        **{f"train_{k}": v for k, v in _with_neg_elbo(means).items()}}
                 if validation is not None:
