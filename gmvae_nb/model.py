@@ -381,10 +381,10 @@ def fit(self: GMVAE,
         raise ValueError(f"mixing_em_each_epoch must be True or False, got {mixing_em_each_epoch!r}")
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     self._refit_mixing_weights(None)  # π uniform while training (unless learned)
+    steps_each_epoch = int(mixing_em_steps) if mixing_em_each_epoch else 0  # EM steps that set π after each epoch past the warm-up
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
-                    model=dict(seed=self.seed, **self.module_kwargs),
-                    **{"epochs trained before this fit": len(self.history),
-                       "EM steps that set π after each epoch": int(mixing_em_steps) if mixing_em_each_epoch else 0})
+                    model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)},
+                    **({"EM steps that set π after each epoch": steps_each_epoch} if steps_each_epoch else {}))  # absent when off: earlier checkpoints resume
     whole_run = config.resolved(len(train), validation=False)  # max_epochs and the warm-up, as fit_module resolves them
     max_epochs, warmup_epochs = whole_run.max_epochs, whole_run.warmup_epochs  # the shorter phases keep the whole run's warm-up
     if choose_after == "auto": choose_after = default_choose_after(warmup_epochs)
@@ -393,12 +393,12 @@ def fit(self: GMVAE,
     with process_group(select_device(device)), (tempfile.TemporaryDirectory() if screened else nullcontext()) as paused:
         def refit_mixing_past_warmup(epoch: dict):
             "After an epoch whose KL weight has reached 1, π from `self.module`'s networks as `fit` sets it at the end."
-            if epoch["kl_weight"] >= 1: self._refit_mixing_weights(train, mixing_em_steps)
-        each_epoch = refit_mixing_past_warmup if mixing_em_each_epoch and mixing_em_steps else None
+            if epoch["kl_weight"] >= 1: self._refit_mixing_weights(train, steps_each_epoch)
+        each_epoch = refit_mixing_past_warmup if steps_each_epoch else None
 
         def main_phase(run: dict, run_config: TrainConfig, label: str, **checkpointing) -> pd.DataFrame:
             "Train `run`'s module from its mixture's start (or on from a checkpoint, as `checkpointing` says); its whole history."
-            before, self.module = run["before"], run["module"]
+            before, self.module = run["before"], run["module"]  # the module trained is the model's: the π refit reads self.module
             history = fit_module(run["module"], counts, codes, train, validation, run_config, device=device,
                                  seed=run["seed"] + len(self.history) + (0 if before is None else len(before)),
                                  progress=progress, label=label, identity=identity, on_epoch=on_epoch,
@@ -439,7 +439,7 @@ def fit(self: GMVAE,
     self.train_config = history.attrs["config"] | dict(n_init=n_init)  # with max_epochs resolved for the training cells
     self.train_config |= dict(init_mixture=starts[chosen])  # how the kept model's mixture started: "gmm" or None
     if refitted: self.train_config |= dict(mixing_em_steps=int(mixing_em_steps),  # π set from the training cells after training (0: uniform)
-                                           mixing_em_each_epoch=bool(each_epoch))  # ... and after each epoch past the warm-up
+                                           mixing_em_each_epoch=bool(steps_each_epoch))  # ... and after each epoch past the warm-up
     if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_agreement=agreements, restart_chosen=chosen,
                                              restart_init_mixture=starts, restart_chosen_after=int(choose_after) if screened else None)
     if "gmm" in starts: self.train_config |= dict(init_epochs=int(init_epochs))
