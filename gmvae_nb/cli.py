@@ -70,9 +70,9 @@ TRAIN_OPTIONS = {  # options of fit, sweep and main -> argparse settings, with t
     ("--mixing-em-steps",): dict(dest="mixing_em_steps", type=int, default=10,
                                  help="EM steps that set the mixing weights from the training cells after training "
                                       "(0: they stay uniform)"),
-    ("--mixing-em-each-epoch",): dict(dest="mixing_em_each_epoch", action=argparse.BooleanOptionalAction, default=False,
-                                      help="set the mixing weights so after every epoch past the KL warm-up too, so that the "
-                                           "networks train on with them"),
+    ("--mixing-em-each-epoch",): dict(dest="mixing_em_each_epoch", action=argparse.BooleanOptionalAction, default=True,
+                                      help="set the mixing weights after every epoch past the KL warm-up too (one EM step), so "
+                                           "that the networks train on with them; --no-…: uniform until training ends"),
 }
 
 # %% ../nbs/12_cli.ipynb #0085a1b5

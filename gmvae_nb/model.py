@@ -34,10 +34,10 @@ from .modules import GMVAEModule
 from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MIXING_EM_STEPS', 'DEFAULT_N_INIT',
-           'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP', 'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start',
-           'continued_history', 'restart_seed', 'final_neg_elbo', 'restart_agreement', 'choose_restart',
-           'em_mixing_weights', 'default_choose_after', 'posterior_mixture_moments']
+__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MIXING_EM_STEPS', 'MIXING_EM_STEPS_EACH_EPOCH',
+           'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP', 'GMVAE', 'fits_mixture_on_x',
+           'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo', 'restart_agreement',
+           'choose_restart', 'em_mixing_weights', 'default_choose_after', 'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -264,10 +264,10 @@ def _per_cell(self: GMVAE, adata: ad.AnnData | None, outputs: Callable[[Minibatc
     return adata, out
 
 @patch
-def _inference_noise(self: GMVAE, n_samples: int) -> torch.Tensor:
-    "The `n_samples` standard normal draws (M, 1, n_x + n_w) that every cell uses at inference, seeded by the model's seed (zeros for 0: the posterior means)."
+def _inference_noise(self: GMVAE, n_samples: int, seed: int | None = None) -> torch.Tensor:
+    "The `n_samples` standard normal draws (M, 1, n_x + n_w) that every cell uses at inference, seeded by `seed` (None: the model's seed; zeros for 0 samples: the posterior means)."
     if n_samples == 0: return torch.zeros(1, 1, self.module.n_x + self.module.n_w, device=self.device)
-    generator = torch.Generator(device=self.device).manual_seed(seed_streams(self.seed)["inference"])
+    generator = torch.Generator(device=self.device).manual_seed(seed_streams(self.seed if seed is None else seed)["inference"])
     return self.module.sample_noise(1, n_samples, generator)
 
 PREDICT_SAMPLES = 10  # draws of (x, w) per cell behind the responsibilities of `predict_proba` and `predict`, by default
@@ -286,6 +286,7 @@ def _clusters(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024) -> 
 
 # %% ../nbs/11_model.ipynb #a1f3c0d2
 MIXING_EM_STEPS = 10  # EM steps that set π to the trained model's own at the end of `fit` (learn_pi=False)
+MIXING_EM_STEPS_EACH_EPOCH = 1  # EM steps from uniform that set π after each epoch past the warm-up, with fit(mixing_em_each_epoch=True)
 
 def em_mixing_weights(
     log_densities: np.ndarray | torch.Tensor,  # (cells, draws, K) log N(x; μ_k(w), σ_k²(w)) at each draw
@@ -302,19 +303,19 @@ def em_mixing_weights(
 # %% ../nbs/11_model.ipynb #a1f3c0d4
 @patch
 @torch.no_grad()
-def _component_log_densities(self: GMVAE, cells: np.ndarray) -> np.ndarray:
-    "log N(x; μ_k(w), σ_k²(w)) (cells, draws, K) of the rows `cells` of the training data, at the draws of (x, w) behind `predict_proba`."
-    noise = self._inference_noise(PREDICT_SAMPLES)
+def _component_log_densities(self: GMVAE, cells: np.ndarray, seed: int | None = None) -> np.ndarray:
+    "log N(x; μ_k(w), σ_k²(w)) (cells, draws, K) of the rows `cells` of the training data, at the draws of (x, w) behind `predict_proba` (those of the model of `seed`, if given)."
+    noise = self._inference_noise(PREDICT_SAMPLES, seed)
     def log_densities(mb: Minibatch) -> dict[str, torch.Tensor]:
         _, x, prior_mean, prior_logvar = self.module.draw_latents(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1))
         return {"log_density": component_log_densities(x, prior_mean, prior_logvar, torch.zeros(())).transpose(0, 1)}
     return self._per_cell(None, log_densities, indices=cells)[1]["log_density"]
 
 @patch
-def _refit_mixing_weights(self: GMVAE, cells: np.ndarray | None, steps: int = MIXING_EM_STEPS) -> bool:
-    "Set a uniform-π model's π to `em_mixing_weights` of the training rows `cells` after `steps` (None or 0: back to uniform); a learned π is left as it is. Whether π was set."
+def _refit_mixing_weights(self: GMVAE, cells: np.ndarray | None, steps: int = MIXING_EM_STEPS, seed: int | None = None) -> bool:
+    "Set a uniform-π model's π to `em_mixing_weights` of the training rows `cells` after `steps` (None or 0: back to uniform), at the draws of the model of `seed` (None: this one's); a learned π is left as it is. Whether π was set."
     if isinstance(self.module.pi_logits, torch.nn.Parameter): return False
-    weights = None if cells is None or not steps else em_mixing_weights(self._component_log_densities(cells), steps)
+    weights = None if cells is None or not steps else em_mixing_weights(self._component_log_densities(cells, seed), steps)
     self.module.pi_logits.copy_(torch.zeros(self.n_clusters) if weights is None else
                                 torch.log(torch.as_tensor(weights).clamp_min(1e-30)).to(self.module.pi_logits))
     return True
@@ -350,7 +351,7 @@ def fit(self: GMVAE,
         init_epochs: int = 60,            # epochs trained before `init_mixture` fits its Gaussian mixture
         choose_after: int | str | None = "auto",  # with restarts: each trains this many epochs from its mixture's start, then only the kept one trains on; "auto": `default_choose_after` of the warm-up; None: every restart trains to the end
         mixing_em_steps: int = MIXING_EM_STEPS,  # EM steps that set π from the training cells after training (with learn_pi=False); 0: π stays uniform
-        mixing_em_each_epoch: bool = False,  # also set π so after every epoch past the KL warm-up: the networks train on with it
+        mixing_em_each_epoch: bool = True,  # set π also after every epoch past the KL warm-up (`MIXING_EM_STEPS_EACH_EPOCH` EM steps), so the networks train on with it; False: π uniform until the end
         on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
@@ -380,8 +381,8 @@ def fit(self: GMVAE,
     if not isinstance(mixing_em_each_epoch, bool):
         raise ValueError(f"mixing_em_each_epoch must be True or False, got {mixing_em_each_epoch!r}")
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
-    self._refit_mixing_weights(None)  # π uniform while training (unless learned)
-    steps_each_epoch = int(mixing_em_steps) if mixing_em_each_epoch else 0  # EM steps that set π after each epoch past the warm-up
+    self._refit_mixing_weights(None)  # π uniform until the warm-up's end, or throughout with mixing_em_each_epoch=False (unless learned)
+    steps_each_epoch = MIXING_EM_STEPS_EACH_EPOCH if mixing_em_each_epoch and mixing_em_steps else 0  # EM steps that set π after each epoch past the warm-up
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
                     model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)},
                     **({"EM steps that set π after each epoch": steps_each_epoch} if steps_each_epoch else {}))  # absent when off: earlier checkpoints resume
@@ -391,18 +392,16 @@ def fit(self: GMVAE,
     screened = n_init > 1 and choose_after is not None and choose_after < max_epochs
     restarts = []  # per restart: its seed, module, label, pretraining and history; with n_init > 1 its −ELBO and clusters where compared
     with process_group(select_device(device)), (tempfile.TemporaryDirectory() if screened else nullcontext()) as paused:
-        def refit_mixing_past_warmup(epoch: dict):
-            "After an epoch whose KL weight has reached 1, π from `self.module`'s networks as `fit` sets it at the end."
-            if epoch["kl_weight"] >= 1: self._refit_mixing_weights(train, steps_each_epoch)
-        each_epoch = refit_mixing_past_warmup if steps_each_epoch else None
-
         def main_phase(run: dict, run_config: TrainConfig, label: str, **checkpointing) -> pd.DataFrame:
             "Train `run`'s module from its mixture's start (or on from a checkpoint, as `checkpointing` says); its whole history."
             before, self.module = run["before"], run["module"]  # the module trained is the model's: the π refit reads self.module
+            def refit_mixing_past_warmup(epoch: dict):
+                "After an epoch whose KL weight has reached 1, π from the run's networks by `steps_each_epoch` EM steps, at the draws of the run's seed (a restart trains as the model of its seed)."
+                if epoch["kl_weight"] >= 1: self._refit_mixing_weights(train, steps_each_epoch, run["seed"])
             history = fit_module(run["module"], counts, codes, train, validation, run_config, device=device,
                                  seed=run["seed"] + len(self.history) + (0 if before is None else len(before)),
                                  progress=progress, label=label, identity=identity, on_epoch=on_epoch,
-                                 after_steps=each_epoch, **checkpointing)
+                                 after_steps=refit_mixing_past_warmup if steps_each_epoch else None, **checkpointing)
             return history if before is None else continued_history(before, history)
 
         for restart in range(n_init):
