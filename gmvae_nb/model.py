@@ -394,7 +394,7 @@ def fit(self: GMVAE,
     with process_group(select_device(device)), (tempfile.TemporaryDirectory() if screened else nullcontext()) as paused:
         def main_phase(run: dict, run_config: TrainConfig, label: str, **checkpointing) -> pd.DataFrame:
             "Train `run`'s module from its mixture's start (or on from a checkpoint, as `checkpointing` says); its whole history."
-            before, self.module = run["before"], run["module"]  # the module trained is the model's: the π refit reads self.module
+            before = run["before"]
             def refit_mixing_past_warmup(epoch: dict):
                 "After an epoch whose KL weight has reached 1, π from the run's networks by `steps_each_epoch` EM steps, at the draws of the run's seed (a restart trains as the model of its seed)."
                 if epoch["kl_weight"] >= 1: self._refit_mixing_weights(train, steps_each_epoch, run["seed"])
@@ -406,7 +406,7 @@ def fit(self: GMVAE,
 
         for restart in range(n_init):
             seed = restart_seed(self.seed, restart)
-            if restart: self.module = self._new_module(seed)
+            if restart: self.module = self._new_module(seed)  # the run trained is the model's module: the π refit and the restarts' clusters read self.module
             run = dict(seed=seed, module=self.module, before=None, label=f"restart {restart + 1}/{n_init}, " if n_init > 1 else "")
             if starts[restart] == "gmm":
                 run["before"] = fit_module(self.module, counts, codes, train, validation,
@@ -429,8 +429,10 @@ def fit(self: GMVAE,
         agreements = restart_agreement([run.get("clusters") for run in restarts])
         chosen = gathered_from_processes(choose_restart(scores, agreements))[0]  # rank 0's: every process resumes the same restart
         kept = restarts[chosen]
-        if screened: kept["history"] = main_phase(kept, config, kept["label"] + "kept, ", resume=True,
-                                                  checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
+        if screened:
+            self.module = kept["module"]  # trains on as the model's module
+            kept["history"] = main_phase(kept, config, kept["label"] + "kept, ", resume=True,
+                                         checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
     history, self.module = kept["history"], kept["module"]
     refitted = self._refit_mixing_weights(train, mixing_em_steps)
     history["epoch"] += len(self.history)
