@@ -429,11 +429,10 @@ def fit(self: GMVAE,
         agreements = restart_agreement([run.get("clusters") for run in restarts])
         chosen = gathered_from_processes(choose_restart(scores, agreements))[0]  # rank 0's: every process resumes the same restart
         kept = restarts[chosen]
-        if screened:
-            self.module = kept["module"]  # trains on as the model's module
-            kept["history"] = main_phase(kept, config, kept["label"] + "kept, ", resume=True,
-                                         checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
-    history, self.module = kept["history"], kept["module"]
+        self.module = kept["module"]  # the model's module from here on, and the one trained on if the restarts were screened
+        if screened: kept["history"] = main_phase(kept, config, kept["label"] + "kept, ", resume=True,
+                                                  checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
+    history = kept["history"]
     refitted = self._refit_mixing_weights(train, mixing_em_steps)
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
