@@ -14,6 +14,7 @@ encoder G-300-250, decoder (80+S)-250-300-G, beta 60-300-3200, minibatch 128), t
 
     .venv/bin/python benchmarks/train_speed.py                  # G in {2000, 13431}, M in {10, 1}
     .venv/bin/python benchmarks/train_speed.py --genes 2000 --samples 10 --steps 5
+    .venv/bin/python benchmarks/train_speed.py --samples 1 --dispersions gene gene-batch   # θ_g against θ_gs, same run
 """
 import argparse
 import resource
@@ -27,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from gmvae_nb.elbo import loss as elbo_loss
 from gmvae_nb.model import SETTINGS
-from gmvae_nb.modules import GMVAEModule
+from gmvae_nb.modules import DISPERSIONS, GMVAEModule
 from gmvae_nb.train import TrainConfig, fit_module, reused_heap
 
 MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
@@ -88,9 +89,10 @@ def epoch_seconds(module, n_genes: int, n_samples: int, steps: int, batch_size: 
     return float(history["seconds"].iloc[-1])
 
 
-def bench(n_genes: int, n_samples: int, steps: int, batch_size: int = 128, n_batches: int = 13) -> dict:
+def bench(n_genes: int, n_samples: int, steps: int, batch_size: int = 128, n_batches: int = 13, dispersion: str = "gene") -> dict:
     torch.manual_seed(0)
-    module = GMVAEModule(n_genes=n_genes, n_batches=n_batches, n_clusters=20, **SETTINGS["blog"]["module"]).train()  # the blog's architecture
+    module = GMVAEModule(n_genes=n_genes, n_batches=n_batches, n_clusters=20, dispersion=dispersion,
+                         **SETTINGS["blog"]["module"]).train()  # the blog's architecture
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
     counts, batch, nonzero = minibatch(batch_size, n_genes, n_batches, density=0.09, seed=1)
     generator = torch.Generator().manual_seed(0)
@@ -100,7 +102,7 @@ def bench(n_genes: int, n_samples: int, steps: int, batch_size: int = 128, n_bat
     total_flops = sum(flops(f, s) * n for (f, s), n in recorder.calls.items())
     with reused_heap():  # the memory settings of training: the matrix products' outputs come from a warm heap too
         bound = sum(time_matmul(f, s, repeats=max(2, steps)) * n for (f, s), n in recorder.calls.items())
-    return {"G": n_genes, "M": n_samples, "s/step": seconds, "cells/s": batch_size / seconds,
+    return {"dispersion": dispersion, "G": n_genes, "M": n_samples, "s/step": seconds, "cells/s": batch_size / seconds,
             "GFLOP/step": total_flops / 1e9, "matmul bound s/step": bound,
             "matmul GFLOP/s": total_flops / bound / 1e9, "bound cells/s": batch_size / bound,
             "efficiency": bound / seconds}
@@ -111,14 +113,16 @@ def main():
     parser.add_argument("--genes", type=int, nargs="+", default=[2000, 13431])
     parser.add_argument("--samples", type=int, nargs="+", default=[10, 1])
     parser.add_argument("--steps", type=int, default=8, help="minibatches per timed epoch")
+    parser.add_argument("--dispersions", nargs="+", default=["gene"], choices=DISPERSIONS, help="each is timed at every G and M")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    header = ["G", "M", "s/step", "cells/s", "GFLOP/step", "matmul GFLOP/s", "matmul bound s/step", "bound cells/s", "efficiency"]
+    header = ["dispersion", "G", "M", "s/step", "cells/s", "GFLOP/step", "matmul GFLOP/s", "matmul bound s/step", "bound cells/s", "efficiency"]
     print(" | ".join(header))
     for g in args.genes:
         for m in args.samples:
-            row = bench(g, m, args.steps)
-            print(" | ".join(f"{row[h]:.3g}" if isinstance(row[h], float) else str(row[h]) for h in header), flush=True)
+            for dispersion in args.dispersions:
+                row = bench(g, m, args.steps, dispersion=dispersion)
+                print(" | ".join(f"{row[h]:.3g}" if isinstance(row[h], float) else str(row[h]) for h in header), flush=True)
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 

@@ -64,11 +64,13 @@ class _CountTerms(torch.autograd.Function):
     "Per row of `logits` (L, B, G): −Σ_g θ_g log1p ρ_g + Σ_{y_g>0} y_g (log ρ_g − log1p ρ_g), ρ = ℓ·softmax(h)/θ; gradients computed in the forward pass."
 
     @staticmethod
-    def forward(ctx, logits, log_theta, log_library, rows, cols, y, chunk_rows: int):
+    def forward(ctx, logits, log_theta, log_library, rows, cols, y, chunk_rows: int, table_rows):
         n_samples, n_cells, n_genes = logits.shape
         want_logits, want_theta, want_library = ctx.needs_input_grad[:3]
-        gene_wise = log_theta.dim() == 1  # else (L, B, G), a broadcast view
-        if gene_wise: theta_g, inv_theta_g = log_theta.exp(), torch.exp(-log_theta)
+        tabled = table_rows is not None  # log θ a table (S, G) whose row `table_rows[b]` cell b uses; else (L, B, G), a broadcast view
+        if tabled:  # θ, 1/θ once per call, not per entry, and log θ at the nonzeros once
+            theta_table, inv_theta_table = log_theta.exp(), torch.exp(-log_theta)
+            log_theta_at_nonzeros = log_theta.view(-1).index_select(0, table_rows.index_select(0, rows) * n_genes + cols)
         value = logits.new_empty(n_samples, n_cells)
         minus_q_sums = logits.new_empty(n_samples, n_cells)  # −Q = −Σ_g q_g = −∂L/∂log ℓ
         minus_grad_logits = torch.empty_like(logits) if want_logits else None
@@ -80,20 +82,23 @@ class _CountTerms(torch.autograd.Function):
             local_rows = rows[starts[b0]:starts[b1]] - b0
             flat = local_rows * n_genes + cols[starts[b0]:starts[b1]]  # nonzeros of this chunk, row-major
             y_nz = y[starts[b0]:starts[b1]]
-            if gene_wise: theta, inv_theta, log_theta_nz = theta_g, inv_theta_g, log_theta[cols[starts[b0]:starts[b1]]]
+            if tabled: log_theta_nz = log_theta_at_nonzeros[starts[b0]:starts[b1]]
+            if tabled and len(log_theta) == 1: theta, inv_theta = theta_table[0], inv_theta_table[0]  # vectors: a matrix–vector product below
+            elif tabled:  # the chunk's cells' rows, gathered once for all samples
+                theta, inv_theta = (table.index_select(0, table_rows[b0:b1]) for table in (theta_table, inv_theta_table))
             for l in range(n_samples):
                 h = logits[l, b0:b1]
                 h_max = h.amax(-1, keepdim=True)
                 e = torch.sub(h, h_max).exp_()
                 e_sum = e.sum(-1, keepdim=True)
                 log_scale = log_library[b0:b1, None] - e_sum.log()  # log(ℓ/S)
-                if not gene_wise:
+                if not tabled:
                     chunk_log_theta = log_theta[l, b0:b1]
                     theta, inv_theta = chunk_log_theta.exp(), torch.exp(-chunk_log_theta)
                     log_theta_nz = chunk_log_theta.reshape(-1).index_select(0, flat)
                 rho = torch.mul(e, inv_theta).mul_(log_scale.exp())
                 log1p_rho = torch.log1p(rho)
-                dense = log1p_rho @ theta if gene_wise else (log1p_rho * theta).sum(-1)
+                dense = log1p_rho @ theta if theta.dim() == 1 else (log1p_rho * theta).sum(-1)
                 log1p_rho_nz = log1p_rho.view(-1).index_select(0, flat)
                 log_rho_nz = (h.reshape(-1).index_select(0, flat) + (log_scale - h_max).view(-1).index_select(0, local_rows)
                               - log_theta_nz)
@@ -107,20 +112,23 @@ class _CountTerms(torch.autograd.Function):
                 minus_q_sums[l, b0:b1] = u_sum[:, 0]
                 if want_logits: torch.addcmul(u, e, -u_sum / e_sum, out=minus_grad_logits[l, b0:b1])  # −(q − s·Q)
                 if want_theta: torch.addcmul(u, log1p_rho, theta, value=-1, out=grad_log_theta[l, b0:b1])  # −θ log1p ρ − q
-        ctx.save_for_backward(minus_grad_logits, grad_log_theta, minus_q_sums)
-        ctx.gene_wise = gene_wise
+        ctx.save_for_backward(minus_grad_logits, grad_log_theta, minus_q_sums, table_rows)
+        ctx.tabled, ctx.table_size = tabled, len(log_theta)
         return value
 
     @staticmethod
     def backward(ctx, grad_value):
-        minus_grad_logits, grad_log_theta, minus_q_sums = ctx.saved_tensors
+        minus_grad_logits, grad_log_theta, minus_q_sums, table_rows = ctx.saved_tensors
         weight = grad_value[..., None]
         logits = minus_grad_logits * -weight if ctx.needs_input_grad[0] else None
         log_theta = None
-        if ctx.needs_input_grad[1]:
-            log_theta = (grad_value.reshape(1, -1) @ grad_log_theta.flatten(0, 1))[0] if ctx.gene_wise else grad_log_theta * weight
+        if ctx.needs_input_grad[1] and ctx.tabled:  # each table row sums its cells' rows: one (S, L·B) @ (L·B, G) product
+            weights = grad_value.new_zeros(ctx.table_size, grad_value.numel())
+            weights[table_rows.repeat(len(grad_value)), torch.arange(grad_value.numel(), device=weights.device)] = grad_value.reshape(-1)
+            log_theta = weights @ grad_log_theta.flatten(0, 1)
+        elif ctx.needs_input_grad[1]: log_theta = grad_log_theta * weight
         log_library = -(minus_q_sums * grad_value).sum(0) if ctx.needs_input_grad[2] else None
-        return logits, log_theta, log_library, None, None, None, None
+        return logits, log_theta, log_library, None, None, None, None, None
 
 
 @torch.compiler.disable  # a Python loop over chunks: compiled code calls it as it is
@@ -128,9 +136,10 @@ def nb_log_likelihood(
     counts: Tensor,  # (B, G) dense counts of a minibatch
     logits: Tensor,  # (..., B, G) decoder logits h; the mean is ℓ·softmax(h)
     log_library: Tensor,  # (B,) log library size log ℓ
-    log_theta: Tensor,  # log θ, broadcastable to `logits`: (G,), (B, G) or (..., B, G)
+    log_theta: Tensor,  # log θ, broadcastable to `logits`: (G,), (B, G) or (..., B, G); with `batch`, a table (S, G)
     nonzero: tuple[Tensor, Tensor] | None = None,  # (rows, cols) of counts' nonzeros, as from `counts.nonzero(as_tuple=True)`
     chunk_entries: int | None = None,  # entries per chunk; default 2**18 on the CPU, all of a sample at once elsewhere
+    batch: Tensor | None = None,  # (B,) each cell's row of the table `log_theta` (S, G): a dispersion per batch and gene
 ) -> Tensor:  # (..., B) per-cell log p(y | x)
     "Per-cell NB log-likelihood Σ_g log NB(y_g; ℓ·softmax(h)_g, θ_g); the count terms are evaluated at the nonzeros only."
     rows, cols = counts.nonzero(as_tuple=True) if nonzero is None else nonzero
@@ -139,12 +148,17 @@ def nb_log_likelihood(
         rows, cols = rows[order], cols[order]
     rows, cols = rows.contiguous(), cols.contiguous()  # `nonzero(as_tuple=True)` gives strided views
     n_cells, n_genes = counts.shape
+    if batch is not None and (log_theta.dim() != 2 or log_theta.shape[1] != n_genes or batch.shape != (n_cells,)):
+        raise ValueError(f"with batch, log_theta must be a table of {n_genes} columns (one per gene) and batch one row index for "
+                         f"each of the {n_cells} cells; got log_theta of shape {tuple(log_theta.shape)} and batch of shape {tuple(batch.shape)}")
     entries = chunk_entries or (_CPU_CHUNK_ENTRIES if logits.device.type == "cpu" else n_cells * n_genes)
     samples = logits.reshape(-1, n_cells, n_genes)
-    sample_log_theta = log_theta if log_theta.dim() == 1 else torch.broadcast_to(log_theta, logits.shape).reshape(samples.shape)
     y = counts[rows, cols]
-    count_terms = _CountTerms.apply(samples, sample_log_theta, log_library, rows, cols, y, max(1, entries // n_genes))
-    if log_theta.dim() == 1: normaliser = log_count_normaliser(y, log_theta, genes=cols)
-    else: normaliser = log_count_normaliser(y, torch.broadcast_to(log_theta, log_theta.shape[:-2] + counts.shape)[..., rows, cols])
+    if log_theta.dim() == 1: log_theta, batch = log_theta[None], torch.zeros_like(log_library, dtype=torch.long)  # a one-row table
+    if batch is None: table_rows, sample_log_theta = None, torch.broadcast_to(log_theta, logits.shape).reshape(samples.shape)
+    else: table_rows, sample_log_theta = batch.to(torch.long), log_theta
+    count_terms = _CountTerms.apply(samples, sample_log_theta, log_library, rows, cols, y, max(1, entries // n_genes), table_rows)
+    if table_rows is None: normaliser = log_count_normaliser(y, torch.broadcast_to(log_theta, log_theta.shape[:-2] + counts.shape)[..., rows, cols])
+    else: normaliser = log_count_normaliser(y, log_theta.reshape(-1), genes=table_rows.index_select(0, rows) * n_genes + cols)  # lgamma(θ) once per table entry
     per_cell = normaliser.new_zeros(normaliser.shape[:-1] + counts.shape[:1]).index_add(-1, rows, normaliser)
     return per_cell + count_terms.reshape(logits.shape[:-1])

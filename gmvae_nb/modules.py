@@ -154,11 +154,10 @@ def prior(self: GMVAEModule, w: Tensor) -> tuple[Tensor, Tensor]:
 # %% ../nbs/06_modules.ipynb #fc649418
 @patch
 def decode(self: GMVAEModule, x: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
-    "Logits h (..., B, G) of the expression composition, and log θ broadcastable to them: (G,), (B, G) or (..., B, G)."
+    "Logits h (..., B, G) of the expression composition, and log θ: (G,) per gene, the (S, G) table whose row `batch[b]` cell b uses (\"gene-batch\"), or (..., B, G) per cell."
     one_hot = self._one_hot(batch, x.shape[:-1])
     hidden = self.decoder(x, one_hot) if self.inject_batch == "all" else self.decoder(torch.cat([x, one_hot], dim=-1))
     if self.dispersion == "cell": log_theta = self.log_theta_head(hidden)
-    elif self.dispersion == "gene-batch": log_theta = self.log_theta[batch]
     else: log_theta = self.log_theta
     return self.logits_head(hidden), log_theta.clamp(*LOG_THETA_RANGE)
 
@@ -187,8 +186,9 @@ def elbo(
 ) -> dict[str, Tensor]:  # rec, kl_w, kl_z, cond (B,) and proba (B, K)
     "Per-cell −ELBO terms and responsibilities for given noise: deterministic, pure tensor code (compile this)."
     posterior, x, prior_mean, prior_logvar = self.draw_latents(counts, batch, noise)
-    logits, log_theta = self.decode(x, batch)  # (M, B, G), log θ broadcastable
-    log_likelihood = nb_log_likelihood(counts, logits, _log_library(counts), log_theta, nonzero)  # (M, B)
+    logits, log_theta = self.decode(x, batch)  # (M, B, G), log θ per gene, per batch and gene (a table), or per cell
+    log_likelihood = nb_log_likelihood(counts, logits, _log_library(counts), log_theta, nonzero,
+                                       batch=batch if self.dispersion == "gene-batch" else None)  # (M, B)
     return elbo_terms(log_likelihood, x, **posterior, prior_mean=prior_mean, prior_logvar=prior_logvar,
                       log_pi=self.log_pi, conditional_prior=self.conditional_prior)
 
