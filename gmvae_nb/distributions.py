@@ -64,13 +64,13 @@ class _CountTerms(torch.autograd.Function):
     "Per row of `logits` (L, B, G): −Σ_g θ_g log1p ρ_g + Σ_{y_g>0} y_g (log ρ_g − log1p ρ_g), ρ = ℓ·softmax(h)/θ; gradients computed in the forward pass."
 
     @staticmethod
-    def forward(ctx, logits, log_theta, log_library, rows, cols, y, chunk_rows: int, table_rows):
+    def forward(ctx, logits, log_theta, log_library, rows, cols, y, chunk_rows: int, table_rows, table_entries):
         n_samples, n_cells, n_genes = logits.shape
         want_logits, want_theta, want_library = ctx.needs_input_grad[:3]
-        tabled = table_rows is not None  # log θ a table (S, G) whose row `table_rows[b]` cell b uses; else (L, B, G), a broadcast view
+        tabled = table_rows is not None  # log θ a table (S, G) whose row `table_rows[b]` cell b uses, entry `table_entries` at each nonzero; else (L, B, G), a broadcast view
         if tabled:  # θ, 1/θ once per call, not per entry, and log θ at the nonzeros once
             theta_table, inv_theta_table = log_theta.exp(), torch.exp(-log_theta)
-            log_theta_at_nonzeros = log_theta.view(-1).index_select(0, table_rows.index_select(0, rows) * n_genes + cols)
+            log_theta_at_nonzeros = log_theta.view(-1).index_select(0, table_entries)
         value = logits.new_empty(n_samples, n_cells)
         minus_q_sums = logits.new_empty(n_samples, n_cells)  # −Q = −Σ_g q_g = −∂L/∂log ℓ
         minus_grad_logits = torch.empty_like(logits) if want_logits else None
@@ -128,7 +128,7 @@ class _CountTerms(torch.autograd.Function):
             log_theta = weights @ grad_log_theta.flatten(0, 1)
         elif ctx.needs_input_grad[1]: log_theta = grad_log_theta * weight
         log_library = -(minus_q_sums * grad_value).sum(0) if ctx.needs_input_grad[2] else None
-        return logits, log_theta, log_library, None, None, None, None, None
+        return logits, log_theta, log_library, None, None, None, None, None, None
 
 
 @torch.compiler.disable  # a Python loop over chunks: compiled code calls it as it is
@@ -155,10 +155,13 @@ def nb_log_likelihood(
     samples = logits.reshape(-1, n_cells, n_genes)
     y = counts[rows, cols]
     if log_theta.dim() == 1: log_theta, batch = log_theta[None], torch.zeros_like(log_library, dtype=torch.long)  # a one-row table
-    if batch is None: table_rows, sample_log_theta = None, torch.broadcast_to(log_theta, logits.shape).reshape(samples.shape)
-    else: table_rows, sample_log_theta = batch.to(torch.long), log_theta
-    count_terms = _CountTerms.apply(samples, sample_log_theta, log_library, rows, cols, y, max(1, entries // n_genes), table_rows)
+    if batch is None: table_rows, table_entries, sample_log_theta = None, None, torch.broadcast_to(log_theta, logits.shape).reshape(samples.shape)
+    else:  # each nonzero's entry of the flattened table (its gene in a one-row table)
+        table_rows, sample_log_theta = batch.to(torch.long), log_theta
+        table_entries = cols if len(log_theta) == 1 else table_rows.index_select(0, rows) * n_genes + cols
+    count_terms = _CountTerms.apply(samples, sample_log_theta, log_library, rows, cols, y, max(1, entries // n_genes),
+                                    table_rows, table_entries)
     if table_rows is None: normaliser = log_count_normaliser(y, torch.broadcast_to(log_theta, log_theta.shape[:-2] + counts.shape)[..., rows, cols])
-    else: normaliser = log_count_normaliser(y, log_theta.reshape(-1), genes=table_rows.index_select(0, rows) * n_genes + cols)  # lgamma(θ) once per table entry
+    else: normaliser = log_count_normaliser(y, log_theta.reshape(-1), genes=table_entries)  # lgamma(θ) once per table entry
     per_cell = normaliser.new_zeros(normaliser.shape[:-1] + counts.shape[:1]).index_add(-1, rows, normaliser)
     return per_cell + count_terms.reshape(logits.shape[:-1])
