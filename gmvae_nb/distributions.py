@@ -70,7 +70,7 @@ class _CountTerms(torch.autograd.Function):
         tabled = table_rows is not None  # log θ a table (S, G) whose row `table_rows[b]` cell b uses, entry `table_entries` at each nonzero; else (L, B, G), a broadcast view
         if tabled:  # θ, 1/θ once per call, not per entry, and log θ at the nonzeros once
             theta_table, inv_theta_table = log_theta.exp(), torch.exp(-log_theta)
-            log_theta_at_nonzeros = log_theta.view(-1).index_select(0, table_entries)
+            log_theta_at_nonzeros = log_theta.reshape(-1).index_select(0, table_entries)  # reshape: a table may be a strided view
         value = logits.new_empty(n_samples, n_cells)
         minus_q_sums = logits.new_empty(n_samples, n_cells)  # −Q = −Σ_g q_g = −∂L/∂log ℓ
         minus_grad_logits = torch.empty_like(logits) if want_logits else None
