@@ -14,7 +14,7 @@ encoder G-300-250, decoder (80+S)-250-300-G, beta 60-300-3200, minibatch 128), t
 
     .venv/bin/python benchmarks/train_speed.py                  # G in {2000, 13431}, M in {10, 1}
     .venv/bin/python benchmarks/train_speed.py --genes 2000 --samples 10 --steps 5
-    .venv/bin/python benchmarks/train_speed.py --samples 1 --dispersions gene gene-batch   # θ_g against θ_gs, same run
+    .venv/bin/python benchmarks/train_speed.py --samples 1 --dispersions gene gene-batch   # θ_g against θ_sg, same run
 """
 import argparse
 import resource
