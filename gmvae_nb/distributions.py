@@ -82,10 +82,11 @@ class _CountTerms(torch.autograd.Function):
             local_rows = rows[starts[b0]:starts[b1]] - b0
             flat = local_rows * n_genes + cols[starts[b0]:starts[b1]]  # nonzeros of this chunk, row-major
             y_nz = y[starts[b0]:starts[b1]]
-            if tabled: log_theta_nz = log_theta_at_nonzeros[starts[b0]:starts[b1]]
-            if tabled and len(log_theta) == 1: theta, inv_theta = theta_table[0], inv_theta_table[0]  # vectors: a matrix–vector product below
-            elif tabled:  # the chunk's cells' rows, gathered once for all samples
-                theta, inv_theta = (table.index_select(0, table_rows[b0:b1]) for table in (theta_table, inv_theta_table))
+            if tabled:
+                log_theta_nz = log_theta_at_nonzeros[starts[b0]:starts[b1]]
+                if len(log_theta) == 1: theta, inv_theta = theta_table[0], inv_theta_table[0]  # vectors: a matrix–vector product below
+                else:  # the chunk's cells' rows, gathered once for all samples
+                    theta, inv_theta = (table.index_select(0, table_rows[b0:b1]) for table in (theta_table, inv_theta_table))
             for l in range(n_samples):
                 h = logits[l, b0:b1]
                 h_max = h.amax(-1, keepdim=True)
@@ -113,7 +114,7 @@ class _CountTerms(torch.autograd.Function):
                 if want_logits: torch.addcmul(u, e, -u_sum / e_sum, out=minus_grad_logits[l, b0:b1])  # −(q − s·Q)
                 if want_theta: torch.addcmul(u, log1p_rho, theta, value=-1, out=grad_log_theta[l, b0:b1])  # −θ log1p ρ − q
         ctx.save_for_backward(minus_grad_logits, grad_log_theta, minus_q_sums, table_rows)
-        ctx.tabled, ctx.table_size = tabled, len(log_theta)
+        ctx.table_size = len(log_theta)
         return value
 
     @staticmethod
@@ -122,7 +123,7 @@ class _CountTerms(torch.autograd.Function):
         weight = grad_value[..., None]
         logits = minus_grad_logits * -weight if ctx.needs_input_grad[0] else None
         log_theta = None
-        if ctx.needs_input_grad[1] and ctx.tabled:  # each table row sums its cells' rows: one (S, L·B) @ (L·B, G) product
+        if ctx.needs_input_grad[1] and table_rows is not None:  # each table row sums its cells' rows: one (S, L·B) @ (L·B, G) product
             weights = grad_value.new_zeros(ctx.table_size, grad_value.numel())
             weights[table_rows.repeat(len(grad_value)), torch.arange(grad_value.numel(), device=weights.device)] = grad_value.reshape(-1)
             log_theta = weights @ grad_log_theta.flatten(0, 1)
