@@ -35,9 +35,10 @@ from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MIXING_EM_STEPS', 'MIXING_EM_STEPS_EACH_EPOCH',
-           'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP', 'GMVAE', 'fits_mixture_on_x',
-           'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo', 'restart_agreement',
-           'choose_restart', 'em_mixing_weights', 'default_choose_after', 'posterior_mixture_moments']
+           'ALIGNMENT_SHRINKAGE', 'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP', 'ALIGNMENT_FILE',
+           'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo',
+           'restart_agreement', 'choose_restart', 'em_mixing_weights', 'batch_alignment', 'aligned_latent',
+           'default_choose_after', 'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -118,7 +119,7 @@ class GMVAE:
         self.adata, self.layer, self.batch_key, self.seed, self.settings = adata, layer, batch_key, seed, settings
         self.genes, self.batches, self.module_kwargs = pd.Index(genes), pd.Index(batches), module_kwargs
         self.module = self._new_module(seed)
-        self.history, self.train_config = pd.DataFrame(), None
+        self.history, self.train_config, self.batch_alignment = pd.DataFrame(), None, None
 
     def _new_module(self, seed: int) -> GMVAEModule:
         "A module with initial weights drawn from `seed`; the global torch RNG is left as it was."
@@ -273,11 +274,14 @@ def _inference_noise(self: GMVAE, n_samples: int, seed: int | None = None) -> to
 PREDICT_SAMPLES = 10  # draws of (x, w) per cell behind the responsibilities of `predict_proba` and `predict`, by default
 
 @patch
+def _elbo_at(self: GMVAE, noise: torch.Tensor) -> Callable[[Minibatch], dict[str, torch.Tensor]]:
+    "Per minibatch: the module's per-cell ELBO terms and proba at `noise` (M, 1, n_x + n_w), the same standardised draws for every cell."
+    return lambda mb: self.module.elbo(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1), mb.nonzero)
+
+@patch
 def _sampled_terms(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int):
     "Per-cell ELBO terms and proba from `n_samples` draws of (x, w) per cell, the same standardised draws for every cell (0: at the posterior means)."
-    noise = self._inference_noise(n_samples)
-    return self._per_cell(adata, lambda mb: self.module.elbo(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1), mb.nonzero),
-                          batch_size)
+    return self._per_cell(adata, self._elbo_at(self._inference_noise(n_samples)), batch_size)
 
 @patch
 def _clusters(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024) -> np.ndarray:
@@ -319,6 +323,70 @@ def _refit_mixing_weights(self: GMVAE, cells: np.ndarray | None, steps: int = MI
     self.module.pi_logits.copy_(torch.zeros(self.n_clusters) if weights is None else
                                 torch.log(torch.as_tensor(weights).clamp_min(1e-30)).to(self.module.pi_logits))
     return True
+
+# %% ../nbs/11_model.ipynb #e217b151
+ALIGNMENT_SHRINKAGE = 5.0  # pseudo-cells of a component's own moments in each batch's estimate of them
+
+def batch_alignment(
+    x: np.ndarray,  # (n, d) the cells' posterior means
+    responsibilities: np.ndarray,  # (n, K) each cell's weights over the components, rows summing to 1
+    batch: np.ndarray,  # (n,) batch codes in [0, n_batches)
+    n_batches: int,
+    shrinkage: float = ALIGNMENT_SHRINKAGE,  # pseudo-cells from N(m_k, s_k²) added to each batch's share of component k
+) -> tuple[np.ndarray, np.ndarray]:  # scale a and offset b, each (n_batches, K, d): batch s's cells map to a_sk·x + b_sk
+    "Per batch and component, the affine map that moves the batch's responsibility-weighted mean and spread of x onto the component's."
+    x, responsibilities = np.asarray(x, np.float64), np.asarray(responsibilities, np.float64)
+    batch = np.asarray(batch)
+    if len(batch) and (batch.min() < 0 or batch.max() >= n_batches):
+        raise ValueError(f"batch codes must lie in [0, {n_batches}), got values from {batch.min()} to {batch.max()}")
+    tiny = 10 * np.finfo(float).eps
+    def moments(rows: np.ndarray, prior_weight: float, prior_mean=0.0, prior_var=0.0) -> tuple[np.ndarray, np.ndarray]:
+        "Mean and variance (K, d) of each component's share of the cells `rows`, pooled with `prior_weight` pseudo-cells from N(prior_mean, prior_var)."
+        weights, cells = responsibilities[rows], x[rows]
+        total = weights.sum(0)[:, None] + prior_weight + tiny  # (K, 1)
+        mean = (weights.T @ cells + prior_weight * prior_mean) / total
+        spread = np.stack([weights[:, k] @ (cells - centre) ** 2 for k, centre in enumerate(mean)])  # centred: no cancellation
+        return mean, (spread + prior_weight * (prior_var + (prior_mean - mean) ** 2)) / total
+    mean, var = moments(np.arange(len(x)), 0.0)
+    scale, offset = np.ones((n_batches, *mean.shape)), np.zeros((n_batches, *mean.shape))
+    for s in range(n_batches):
+        batch_mean, batch_var = moments(batch == s, shrinkage, mean, var)
+        scale[s] = np.sqrt((var + tiny) / (batch_var + tiny))
+        offset[s] = mean - scale[s] * batch_mean
+    return scale, offset
+
+def aligned_latent(
+    x: torch.Tensor,  # (B, d) posterior means
+    responsibilities: torch.Tensor,  # (B, K)
+    scale: torch.Tensor,  # (B, K, d) the maps of each cell's batch (`batch_alignment`'s rows `batch`)
+    offset: torch.Tensor,  # (B, K, d)
+) -> torch.Tensor:  # (B, d)
+    "Σ_k r_ik (a_{s_i k} x_i + b_{s_i k}): each cell moved by its batch's maps, weighted by its responsibilities."
+    return x * torch.einsum("bk,bkd->bd", responsibilities, scale) + torch.einsum("bk,bkd->bd", responsibilities, offset)
+
+# %% ../nbs/11_model.ipynb #f3af6b9b
+@patch
+def _latent_outputs(self: GMVAE, alignment: tuple[np.ndarray, np.ndarray] | None = None,
+                    proba: bool = False) -> Callable[[Minibatch], dict[str, torch.Tensor]]:
+    "Per minibatch: the posterior means x and w; with `proba`, or an `alignment` (`batch_alignment`'s scale and offset), the responsibilities behind `predict_proba` too; with an `alignment`, x aligned by it."
+    proba = proba or alignment is not None
+    terms = self._elbo_at(self._inference_noise(PREDICT_SAMPLES)) if proba else None
+    if alignment is not None:
+        scale, offset = (torch.as_tensor(maps, dtype=self.module.pi_logits.dtype, device=self.device) for maps in alignment)
+    def outputs(mb: Minibatch) -> dict[str, torch.Tensor]:
+        posterior = self.module.encode(mb.counts, mb.batch)
+        out = dict(x=posterior["x_mean"], w=posterior["w_mean"])
+        if proba: out["proba"] = terms(mb)["proba"]
+        if alignment is not None: out["x"] = aligned_latent(out["x"], out["proba"], scale[mb.batch], offset[mb.batch])
+        return out
+    return outputs
+
+@patch
+def _fit_batch_alignment(self: GMVAE, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    "`batch_alignment` of the training rows `cells`, from their posterior means and responsibilities; None for a model of one batch."
+    if len(self.batches) == 1: return None
+    _, out = self._per_cell(None, self._latent_outputs(proba=True), indices=cells)
+    return batch_alignment(out["x"], out["proba"], self._batch_codes(self.adata)[cells], len(self.batches))
 
 # %% ../nbs/11_model.ipynb #b48fe511
 DEFAULT_N_INIT = 3  # fit's restarts of a model's first fit: the one whose clusters agree most with the other two's is kept
@@ -434,6 +502,7 @@ def fit(self: GMVAE,
                                                   checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
     history = kept["history"]
     refitted = self._refit_mixing_weights(train, mixing_em_steps)
+    self.batch_alignment = self._fit_batch_alignment(train)  # with π as set: the responsibilities are predict_proba's
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
     self.train_config = history.attrs["config"] | dict(n_init=n_init)  # with max_epochs resolved for the training cells
@@ -473,15 +542,13 @@ def _annotate(self: GMVAE, adata: ad.AnnData, copy: bool, uns_key: str, keys: di
 
 @patch
 def get_latent(self: GMVAE, adata: ad.AnnData | None = None, batch_size: int = 1024, key_added: str = "X_gmvae",
-               copy: bool = False) -> np.ndarray | ad.AnnData:
-    "Posterior mean of x (cells × n_x) for `adata` (default: the training data), also written to `obsm[key_added]`; that of w goes to `obsm[key_added + '_w']`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
-    def means(mb: Minibatch):
-        posterior = self.module.encode(mb.counts, mb.batch)
-        return dict(x=posterior["x_mean"], w=posterior["w_mean"])
-    adata, out = self._per_cell(adata, means, batch_size)
+               copy: bool = False, align_batches: bool = True) -> np.ndarray | ad.AnnData:
+    "The embedding (cells × n_x) of `adata` (default: the training data): the posterior mean of x, aligned across batches within each component as `fit` fitted (`batch_alignment`; `align_batches=False`, a model of one batch or an untrained one: the posterior mean itself), also written to `obsm[key_added]`; the posterior mean of w goes to `obsm[key_added + '_w']`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
+    alignment = self.batch_alignment if align_batches else None
+    adata, out = self._per_cell(adata, self._latent_outputs(alignment), batch_size)
     keys = dict(latent=key_added, latent_w=f"{key_added}_w")
     target = self._annotate(adata, copy, _uns_key(key_added, "X_gmvae"), keys,
-                            obsm={keys["latent"]: out["x"], keys["latent_w"]: out["w"]})
+                            obsm={keys["latent"]: out["x"], keys["latent_w"]: out["w"]}, align_batches=alignment is not None)
     return target if copy else out["x"]
 
 # %% ../nbs/11_model.ipynb #9de7228b
@@ -743,9 +810,11 @@ def _normalisation(module: GMVAEModule) -> dict:
                 encoder_input="log1p(counts / library_size * library_target), library_size = sum of the counts over the model's genes",
                 decoder_mean="library_size * softmax(logits)")
 
+ALIGNMENT_FILE = "batch_alignment.npz"  # `batch_alignment`'s scale and offset, in a saved model's folder
+
 @patch
 def save(self: GMVAE, path: str | Path, overwrite: bool = False) -> Path:
-    "Write the model (config, weights, genes, batches, normalisation constants, history) to the folder `path`; under `torchrun`, from rank 0 only."
+    "Write the model (config, weights, genes, batches, normalisation constants, history, batch alignment) to the folder `path`; under `torchrun`, from rank 0 only."
     from gmvae_nb import __version__
     path = Path(path)
     if process_rank() != 0: return path
@@ -755,6 +824,10 @@ def save(self: GMVAE, path: str | Path, overwrite: bool = False) -> Path:
     (path / "config.json").unlink(missing_ok=True)  # until the new one is written, the folder does not load
     with atomic_path(path / "model.pt") as tmp: torch.save(self.module.state_dict(), tmp)
     with atomic_path(path / "history.csv") as tmp: self.history.to_csv(tmp, index=False)
+    (path / ALIGNMENT_FILE).unlink(missing_ok=True)  # a model without one leaves none from the model saved before
+    if self.batch_alignment is not None:
+        with atomic_path(path / ALIGNMENT_FILE) as tmp, open(tmp, "wb") as file:
+            np.savez(file, **dict(zip(("scale", "offset"), self.batch_alignment)))
     config = dict(format_version=FORMAT_VERSION, package_version=__version__, torch_version=torch.__version__,
                   model=dict(layer=self.layer, batch_key=self.batch_key, seed=self.seed, settings=self.settings,
                              module_kwargs=self.module_kwargs),
@@ -784,5 +857,7 @@ def load(cls: GMVAE, path: str | Path, adata: ad.AnnData, device: str = "auto") 
     try: model.history = pd.read_csv(path / "history.csv", float_precision="round_trip")
     except (FileNotFoundError, pd.errors.EmptyDataError): pass  # saved before training
     model.train_config = config.get("training")
+    if (path / ALIGNMENT_FILE).is_file():  # absent: one batch, not trained, or saved before the alignment (its latent is the posterior mean)
+        with np.load(path / ALIGNMENT_FILE) as maps: model.batch_alignment = (maps["scale"], maps["offset"])
     model._aligned_counts(adata), model._batch_codes(adata), _check_counts(adata, model.layer)  # fail now, not at the first call
     return model
