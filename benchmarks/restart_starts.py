@@ -43,7 +43,7 @@ def one(name: str, data_seed: int, seed: int, restart: int, start: str | None, t
     def snapshot(row: dict):  # the clusters as predict() would give them now, in eval mode, then back to training
         epochs_seen[0] += 1
         if epochs_seen[0] in snapshots:
-            with torch.no_grad(): clusters = model._sampled_terms(None, 10, 1024)[1]["proba"].argmax(1)
+            clusters = model._clusters(None)
             model.module.train()
             snapshot_clusters[epochs_seen[0]] = np.asarray(clusters)
             over_training[epochs_seen[0]] = round(adjusted_rand_score(labels, clusters), 3)

@@ -37,8 +37,8 @@ from .train import TrainConfig, fit_module, seed_streams
 __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MIXING_EM_STEPS', 'MIXING_EM_STEPS_EACH_EPOCH',
            'ALIGNMENT_SHRINKAGE', 'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP', 'ALIGNMENT_FILE',
            'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo',
-           'restart_agreement', 'choose_restart', 'em_mixing_weights', 'batch_alignment', 'aligned_latent',
-           'default_choose_after', 'posterior_mixture_moments']
+           'restart_agreement', 'choose_restart', 'em_mixing_weights', 'component_moments', 'batch_alignment',
+           'aligned_latent', 'default_choose_after', 'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -274,19 +274,34 @@ def _inference_noise(self: GMVAE, n_samples: int, seed: int | None = None) -> to
 PREDICT_SAMPLES = 10  # draws of (x, w) per cell behind the responsibilities of `predict_proba` and `predict`, by default
 
 @patch
-def _elbo_at(self: GMVAE, noise: torch.Tensor) -> Callable[[Minibatch], dict[str, torch.Tensor]]:
-    "Per minibatch: the module's per-cell ELBO terms and proba at `noise` (M, 1, n_x + n_w), the same standardised draws for every cell."
-    return lambda mb: self.module.elbo(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1), mb.nonzero)
-
-@patch
 def _sampled_terms(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int):
     "Per-cell ELBO terms and proba from `n_samples` draws of (x, w) per cell, the same standardised draws for every cell (0: at the posterior means)."
-    return self._per_cell(adata, self._elbo_at(self._inference_noise(n_samples)), batch_size)
+    noise = self._inference_noise(n_samples)
+    return self._per_cell(adata, lambda mb: self.module.elbo(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1), mb.nonzero),
+                          batch_size)
+
+@patch
+def _mixture_at(self: GMVAE, noise: torch.Tensor, *names: str) -> Callable[[Minibatch], dict[str, torch.Tensor]]:
+    "Per minibatch, from the encoder and β alone, at `noise` (M, 1, n_x + n_w), the same standardised draws for every cell, the outputs `names` of: x and w, the posterior means; log_density, log N(x; μ_k(w), σ_k²(w)) (B, M, K); proba, the responsibilities E_q r_k (B, K) with the model's π, those of `elbo`."
+    def outputs(mb: Minibatch) -> dict[str, torch.Tensor]:
+        posterior, x, prior_mean, prior_logvar = self.module.draw_latents(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1))
+        log_density = component_log_densities(x, prior_mean, prior_logvar, torch.zeros(()))  # (M, B, K)
+        out = dict(x=posterior["x_mean"], w=posterior["w_mean"], log_density=log_density.transpose(0, 1),
+                   proba=torch.log_softmax(log_density + self.module.log_pi, dim=-1).exp().mean(0))  # as `elbo_terms` computes it
+        return {name: out[name] for name in names}
+    return outputs
+
+@patch
+def _responsibilities(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int) -> tuple[ad.AnnData, np.ndarray]:
+    "`adata` and its cells' responsibilities E_q r_k (cells × K) from `n_samples` draws of (x, w) per cell (0: at the posterior means)."
+    if n_samples < 0: raise ValueError(f"n_samples must be 0 or more, got {n_samples}")
+    adata, out = self._per_cell(adata, self._mixture_at(self._inference_noise(n_samples), "proba"), batch_size)
+    return adata, out["proba"]
 
 @patch
 def _clusters(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024) -> np.ndarray:
     "Every cell's cluster as `predict` gives it by default, without annotating `adata`."
-    return self._sampled_terms(adata, PREDICT_SAMPLES, batch_size)[1]["proba"].argmax(1)
+    return self._responsibilities(adata, PREDICT_SAMPLES, batch_size)[1].argmax(1)
 
 # %% ../nbs/11_model.ipynb #a1f3c0d2
 MIXING_EM_STEPS = 10  # EM steps that set π to the trained model's own at the end of `fit` (learn_pi=False)
@@ -309,11 +324,8 @@ def em_mixing_weights(
 @torch.no_grad()
 def _component_log_densities(self: GMVAE, cells: np.ndarray, seed: int | None = None) -> np.ndarray:
     "log N(x; μ_k(w), σ_k²(w)) (cells, draws, K) of the rows `cells` of the training data, at the draws of (x, w) behind `predict_proba` (those of the model of `seed`, if given)."
-    noise = self._inference_noise(PREDICT_SAMPLES, seed)
-    def log_densities(mb: Minibatch) -> dict[str, torch.Tensor]:
-        _, x, prior_mean, prior_logvar = self.module.draw_latents(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1))
-        return {"log_density": component_log_densities(x, prior_mean, prior_logvar, torch.zeros(())).transpose(0, 1)}
-    return self._per_cell(None, log_densities, indices=cells)[1]["log_density"]
+    return self._per_cell(None, self._mixture_at(self._inference_noise(PREDICT_SAMPLES, seed), "log_density"),
+                          indices=cells)[1]["log_density"]
 
 @patch
 def _refit_mixing_weights(self: GMVAE, cells: np.ndarray | None, steps: int = MIXING_EM_STEPS, seed: int | None = None) -> bool:
@@ -326,6 +338,17 @@ def _refit_mixing_weights(self: GMVAE, cells: np.ndarray | None, steps: int = MI
 
 # %% ../nbs/11_model.ipynb #e217b151
 ALIGNMENT_SHRINKAGE = 5.0  # pseudo-cells of a component's own moments in each batch's estimate of them
+
+def component_moments(
+    values: np.ndarray,  # (n, d)
+    responsibilities: np.ndarray,  # (n, K) each row's weights over the components
+) -> tuple[np.ndarray, np.ndarray]:  # (K, d) means and variances
+    "Responsibility-weighted mean and variance of `values` within each component (0 for a component without weight)."
+    values = np.asarray(values, np.float64)
+    weights = responsibilities / (responsibilities.sum(0) + 10 * np.finfo(float).eps)  # (n, K), columns summing to 1
+    means = weights.T @ values
+    # centred, one component at a time: E[x²] − E[x]² would cancel for a tight component far from 0
+    return means, np.stack([weights[:, k] @ (values - mean)**2 for k, mean in enumerate(means)])
 
 def batch_alignment(
     x: np.ndarray,  # (n, d) the cells' posterior means
@@ -340,17 +363,15 @@ def batch_alignment(
     if len(batch) and (batch.min() < 0 or batch.max() >= n_batches):
         raise ValueError(f"batch codes must lie in [0, {n_batches}), got values from {batch.min()} to {batch.max()}")
     tiny = 10 * np.finfo(float).eps
-    def moments(rows: np.ndarray, prior_weight: float, prior_mean=0.0, prior_var=0.0) -> tuple[np.ndarray, np.ndarray]:
-        "Mean and variance (K, d) of each component's share of the cells `rows`, pooled with `prior_weight` pseudo-cells from N(prior_mean, prior_var)."
-        weights, cells = responsibilities[rows], x[rows]
-        total = weights.sum(0)[:, None] + prior_weight + tiny  # (K, 1)
-        mean = (weights.T @ cells + prior_weight * prior_mean) / total
-        spread = np.stack([weights[:, k] @ (cells - centre) ** 2 for k, centre in enumerate(mean)])  # centred: no cancellation
-        return mean, (spread + prior_weight * (prior_var + (prior_mean - mean) ** 2)) / total
-    mean, var = moments(np.arange(len(x)), 0.0)
+    mean, var = component_moments(x, responsibilities)
     scale, offset = np.ones((n_batches, *mean.shape)), np.zeros((n_batches, *mean.shape))
     for s in range(n_batches):
-        batch_mean, batch_var = moments(batch == s, shrinkage, mean, var)
+        cells = np.sum(responsibilities[batch == s], axis=0)[:, None]  # (K, 1) the batch's share of each component
+        own_mean, own_var = component_moments(x[batch == s], responsibilities[batch == s])
+        # pooled with `shrinkage` pseudo-cells from N(mean, var): the moments of the two groups together
+        batch_mean = (cells * own_mean + shrinkage * mean) / (cells + shrinkage + tiny)
+        batch_var = (cells * (own_var + (own_mean - batch_mean)**2)
+                     + shrinkage * (var + (mean - batch_mean)**2)) / (cells + shrinkage + tiny)
         scale[s] = np.sqrt((var + tiny) / (batch_var + tiny))
         offset[s] = mean - scale[s] * batch_mean
     return scale, offset
@@ -366,26 +387,26 @@ def aligned_latent(
 
 # %% ../nbs/11_model.ipynb #f3af6b9b
 @patch
-def _latent_outputs(self: GMVAE, alignment: tuple[np.ndarray, np.ndarray] | None = None,
-                    proba: bool = False) -> Callable[[Minibatch], dict[str, torch.Tensor]]:
-    "Per minibatch: the posterior means x and w; with `proba`, or an `alignment` (`batch_alignment`'s scale and offset), the responsibilities behind `predict_proba` too; with an `alignment`, x aligned by it."
-    proba = proba or alignment is not None
-    terms = self._elbo_at(self._inference_noise(PREDICT_SAMPLES)) if proba else None
-    if alignment is not None:
-        scale, offset = (torch.as_tensor(maps, dtype=self.module.pi_logits.dtype, device=self.device) for maps in alignment)
+def _latent_outputs(self: GMVAE, alignment: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> Callable[[Minibatch], dict[str, torch.Tensor]]:
+    "Per minibatch: the posterior means x and w, x aligned by `alignment` (`batch_alignment`'s scale and offset) if given, with the responsibilities behind `predict_proba`."
+    if alignment is None:
+        def posterior_means(mb: Minibatch) -> dict[str, torch.Tensor]:
+            posterior = self.module.encode(mb.counts, mb.batch)
+            return dict(x=posterior["x_mean"], w=posterior["w_mean"])
+        return posterior_means
+    mixture = self._mixture_at(self._inference_noise(PREDICT_SAMPLES), "x", "w", "proba")
+    scale, offset = (torch.as_tensor(maps, dtype=self.module.pi_logits.dtype, device=self.device) for maps in alignment)
     def outputs(mb: Minibatch) -> dict[str, torch.Tensor]:
-        posterior = self.module.encode(mb.counts, mb.batch)
-        out = dict(x=posterior["x_mean"], w=posterior["w_mean"])
-        if proba: out["proba"] = terms(mb)["proba"]
-        if alignment is not None: out["x"] = aligned_latent(out["x"], out["proba"], scale[mb.batch], offset[mb.batch])
-        return out
+        out = mixture(mb)
+        return dict(x=aligned_latent(out["x"], out["proba"], scale[mb.batch], offset[mb.batch]), w=out["w"])
     return outputs
 
 @patch
 def _fit_batch_alignment(self: GMVAE, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     "`batch_alignment` of the training rows `cells`, from their posterior means and responsibilities; None for a model of one batch."
     if len(self.batches) == 1: return None
-    _, out = self._per_cell(None, self._latent_outputs(proba=True), indices=cells)
+    _, out = self._per_cell(None, self._mixture_at(self._inference_noise(PREDICT_SAMPLES), "x", "proba"), indices=cells)
     return batch_alignment(out["x"], out["proba"], self._batch_codes(self.adata)[cells], len(self.batches))
 
 # %% ../nbs/11_model.ipynb #b48fe511
@@ -556,11 +577,10 @@ def get_latent(self: GMVAE, adata: ad.AnnData | None = None, batch_size: int = 1
 def predict_proba(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = PREDICT_SAMPLES, batch_size: int = 1024,
                   key_added: str = "gmvae_proba", copy: bool = False) -> np.ndarray | ad.AnnData:
     "Cluster responsibilities E_q r_k (cells × K) from `n_samples` seeded draws (0: r_k at the posterior means), also written to `obsm[key_added]`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
-    if n_samples < 0: raise ValueError(f"n_samples must be 0 or more, got {n_samples}")
-    adata, out = self._sampled_terms(adata, n_samples, batch_size)
+    adata, proba = self._responsibilities(adata, n_samples, batch_size)
     target = self._annotate(adata, copy, _uns_key(key_added, "gmvae_proba"), dict(proba=key_added),
-                            obsm={key_added: out["proba"]}, n_samples=n_samples)
-    return target if copy else out["proba"]
+                            obsm={key_added: proba}, n_samples=n_samples)
+    return target if copy else proba
 
 # %% ../nbs/11_model.ipynb #08db9cdb
 def _proba_key(key_added: str) -> str:
@@ -571,11 +591,10 @@ def _proba_key(key_added: str) -> str:
 def predict(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = PREDICT_SAMPLES, batch_size: int = 1024,
             key_added: str = "gmvae_cluster", copy: bool = False) -> np.ndarray | ad.AnnData:
     "Most responsible cluster of every cell (argmax of `predict_proba`), also written to `obs[key_added]` as a categorical, the responsibilities to `obsm[_proba_key(key_added)]`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
-    if n_samples < 0: raise ValueError(f"n_samples must be 0 or more, got {n_samples}")
-    adata, out = self._sampled_terms(adata, n_samples, batch_size)
-    clusters = out["proba"].argmax(1)
+    adata, proba = self._responsibilities(adata, n_samples, batch_size)
+    clusters = proba.argmax(1)
     keys = dict(proba=_proba_key(key_added), cluster=key_added)
-    target = self._annotate(adata, copy, _uns_key(key_added, "gmvae_cluster"), keys, obsm={keys["proba"]: out["proba"]},
+    target = self._annotate(adata, copy, _uns_key(key_added, "gmvae_cluster"), keys, obsm={keys["proba"]: proba},
                             obs={key_added: pd.Categorical(clusters.astype(str), categories=[str(k) for k in range(self.n_clusters)])},
                             n_samples=n_samples)
     return target if copy else clusters
@@ -596,12 +615,8 @@ def posterior_mixture_moments(
     floor: float = 1e-6,  # added to every variance, as scikit-learn's `reg_covar`
 ) -> tuple[np.ndarray, np.ndarray]:  # (K, d) means μ_k and variances s_k² of the components
     "Mean and diagonal variance of each component's share of the draws x ~ N(m_i, diag σ_i²) of the cells."
-    means, variances = np.asarray(means, np.float64), np.asarray(variances, np.float64)
-    weights = responsibilities / (responsibilities.sum(0) + 10 * np.finfo(float).eps)  # (n, K), columns summing to 1
-    centres = weights.T @ means
-    # Σ_i w_ik (σ_i² + (m_i − μ_k)²), one component at a time: E[x²] − E[x]² would cancel for a tight component far from 0
-    spread = np.stack([weights[:, k] @ (variances + (means - centre)**2) for k, centre in enumerate(centres)])
-    return centres, spread + floor
+    centres, spread = component_moments(means, responsibilities)  # Σ_i w_ik (m_i − μ_k)², w_ik = r_ik / N_k
+    return centres, spread + component_moments(variances, responsibilities)[0] + floor  # + Σ_i w_ik σ_i²
 
 
 # %% ../nbs/11_model.ipynb #6c39ff88
