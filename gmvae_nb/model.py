@@ -366,8 +366,9 @@ def batch_alignment(
     mean, var = component_moments(x, responsibilities)
     scale, offset = np.ones((n_batches, *mean.shape)), np.zeros((n_batches, *mean.shape))
     for s in range(n_batches):
-        cells = np.sum(responsibilities[batch == s], axis=0)[:, None]  # (K, 1) the batch's share of each component
-        own_mean, own_var = component_moments(x[batch == s], responsibilities[batch == s])
+        rows = batch == s
+        cells = responsibilities[rows].sum(0)[:, None]  # (K, 1) the batch's share of each component
+        own_mean, own_var = component_moments(x[rows], responsibilities[rows])
         # pooled with `shrinkage` pseudo-cells from N(mean, var): the moments of the two groups together
         batch_mean = (cells * own_mean + shrinkage * mean) / (cells + shrinkage + tiny)
         batch_var = (cells * (own_var + (own_mean - batch_mean)**2)
