@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/quality.py                                   # every data set, seeds 0 1 2
     .venv/bin/python benchmarks/quality.py --datasets multiome cellbench --seeds 0 --methods gmvae pca
     .venv/bin/python benchmarks/quality.py --methods gmvae --fit max_epochs=200 --model learn_pi=True  # a candidate default
+    .venv/bin/python benchmarks/quality.py --datasets multiome --per-label labels.csv   # kBET and batch ASW per cell type
 
 What a user does: `GMVAE(adata, n_clusters=K, seed=s).fit()` with every other setting at its default, K the number of
 labelled groups, after `split(adata)` (so that the default training sees the train cells, validates on the
@@ -103,6 +104,36 @@ def score(adata, key: str, own: bool) -> dict:
     return row
 
 
+def per_label(adata, key: str) -> pd.DataFrame:
+    """Per cell type of `adata`, on the embedding `obsm[key]`: its cells, its kBET acceptance and batch ASW (the per-type
+    values whose means `evaluate` reports as kbet_per_label and asw_batch; NaN where a type is not scored), and the
+    connected pieces of its cells' 50-NN connectivity graph, kBET's graph. kBET scores a type 0 when pieces smaller
+    than 3·k0 (k0 ≥ 10) hold over a quarter of its cells, so a type of 10–29 cells scores 0 as soon as one of its
+    cells is cut off from the rest (`fragmented`)."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+    from gmvae_nb.metrics import KBET_NEIGHBORS, batch_asw, exact_neighbors, kbet_per_label, knn_connectivities
+    coordinates = np.asarray(adata.obsm[key])
+    labels, batches = (adata.obs[column].astype(str).to_numpy() for column in ("cell_type", "batch"))
+    graph = sp.csr_matrix(knn_connectivities(exact_neighbors(coordinates, min(KBET_NEIGHBORS, adata.n_obs - 1))))
+    table = pd.DataFrame({"cells": pd.Series(labels).value_counts(), "kbet": kbet_per_label(graph, batches, labels),
+                          "asw_batch": batch_asw(coordinates, labels, batches)})
+    table["pieces"] = [connected_components(graph[cells][:, cells], connection="strong")[0]
+                       for cells in (np.flatnonzero(labels == label) for label in table.index)]
+    table["fragmented"] = (table["kbet"] == 0) & (table["pieces"] > 1)
+    return table.rename_axis("cell_type").sort_values("cells", ascending=False)
+
+
+def per_label_summary(labels: pd.DataFrame) -> pd.DataFrame:
+    "Per data set and method, medians over seeds of: the types kBET scores, those it scores 0 for fragmentation, and kBET's mean over the others."
+    def one_run(run: pd.DataFrame) -> pd.Series:
+        scored = run.dropna(subset=["kbet"])
+        return pd.Series({"kBET types": len(scored), "fragmented (kBET 0)": int(scored["fragmented"].sum()),
+                          "kBET": scored["kbet"].mean(), "kBET without them": scored.loc[~scored["fragmented"], "kbet"].mean()})
+    runs = labels.groupby(["dataset", "method", "seed"]).apply(one_run)
+    return runs.groupby(["dataset", "method"]).median()
+
+
 def checks(medians: pd.DataFrame) -> pd.DataFrame:
     "The issue's 'done when' comparisons, one row per data set (medians over seeds)."
     rows = []
@@ -148,6 +179,8 @@ def main():
                         help="settings passed to the GMVAE's fit, to measure a candidate default (e.g. max_epochs=200)")
     parser.add_argument("--model", nargs="+", default=[], metavar="NAME=VALUE",
                         help="architecture arguments passed to GMVAE, to measure a candidate default (e.g. learn_pi=True)")
+    parser.add_argument("--per-label", metavar="CSV", default=None,
+                        help="also write each cell type's kBET, batch ASW and graph pieces to CSV (multi-batch sets), and print their summary")
     args = parser.parse_args()
     fit_settings, model_settings = ({name: ast.literal_eval(value) for name, value in (item.split("=", 1) for item in items)}
                                     for items in (args.fit, args.model))
@@ -160,7 +193,7 @@ def main():
         except ImportError:
             print('scvi-tools is not installed (pip install -c constraints.txt -e ".[scvi]"): the scVI rows are left out')
             methods.remove("scvi")
-    rows = []
+    rows, labels = [], []
     for dataset in args.datasets:
         for seed in args.seeds:
             adata = load(dataset, seed)
@@ -172,6 +205,9 @@ def main():
                            model_settings=" ".join(args.model) if method in ("gmvae", "blog") else "",
                            train_seconds=seconds, **extra, **score(adata, key, own=method in ("gmvae", "blog")))
                 rows.append(row)
+                if args.per_label and adata.obs["batch"].nunique() > 1:
+                    labels.append(per_label(adata, key).reset_index().assign(dataset=dataset, method=method, seed=seed))
+                    pd.concat(labels).to_csv(args.per_label, index=False)
                 shown = {k: row.get(k, np.nan) for k in ("ari_own_clusters", "components_used", "ari_leiden_r1",
                                                          "ari_leiden_at_k", "nmi_leiden_best", "ari_kmeans_best", "asw_batch",
                                                          "kbet_per_label", "ilisi", "train_seconds")}
@@ -186,7 +222,10 @@ def main():
     print(markdown(medians.reindex(columns=columns)))
     print("\nChecks (medians):\n")
     print(markdown(checks(medians), index=False))
-    print(f"\nevery row: {args.out}")
+    if labels:
+        print("\nkBET per cell type (medians over seeds):\n")
+        print(markdown(per_label_summary(pd.concat(labels))))
+    print(f"\nevery row: {args.out}" + (f"; per cell type: {args.per_label}" if labels else ""))
 
 
 if __name__ == "__main__":
