@@ -71,7 +71,8 @@ TRAIN_OPTIONS = {  # options of fit, sweep and main -> argparse settings, with t
                                  help="EM steps that set the mixing weights from the training cells after training "
                                       "(0: they stay uniform)"),
     ("--mixing-em-each-epoch",): dict(dest="mixing_em_each_epoch", action=argparse.BooleanOptionalAction, default=True,
-                                      help="set the mixing weights after every epoch past the KL warm-up too (one EM step), so "
+                                      help="set the mixing weights after every epoch past the KL warm-up too (one EM step; every few epochs where an "
+                                           "epoch is under 8 minibatches), so "
                                            "that the networks train on with them; --no-…: uniform until training ends"),
 }
 

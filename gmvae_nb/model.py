@@ -35,10 +35,11 @@ from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MIXING_EM_STEPS', 'MIXING_EM_STEPS_EACH_EPOCH',
-           'ALIGNMENT_SHRINKAGE', 'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP', 'ALIGNMENT_FILE',
-           'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo',
-           'restart_agreement', 'choose_restart', 'em_mixing_weights', 'component_moments', 'batch_alignment',
-           'aligned_latent', 'default_choose_after', 'posterior_mixture_moments']
+           'MIXING_EM_MIN_STEPS', 'ALIGNMENT_SHRINKAGE', 'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP',
+           'ALIGNMENT_FILE', 'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start', 'continued_history', 'restart_seed',
+           'final_neg_elbo', 'restart_agreement', 'choose_restart', 'mixing_em_every', 'em_mixing_weights',
+           'component_moments', 'batch_alignment', 'aligned_latent', 'default_choose_after',
+           'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -306,6 +307,11 @@ def _clusters(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024) -> 
 # %% ../nbs/11_model.ipynb #a1f3c0d2
 MIXING_EM_STEPS = 10  # EM steps that set π to the trained model's own at the end of `fit` (learn_pi=False)
 MIXING_EM_STEPS_EACH_EPOCH = 1  # EM steps from uniform that set π after each epoch past the warm-up, with fit(mixing_em_each_epoch=True)
+MIXING_EM_MIN_STEPS = 8  # ... with at least this many optimiser steps between two: on fewer minibatches per epoch, π is set every `mixing_em_every` epochs
+
+def mixing_em_every(n_cells: int, batch_size: int) -> int:
+    "Epochs between two per-epoch π steps of `fit` on `n_cells` training cells: 1, or as many as it takes to train `MIXING_EM_MIN_STEPS` minibatches of `batch_size`."
+    return math.ceil(MIXING_EM_MIN_STEPS / math.ceil(n_cells / batch_size))
 
 def em_mixing_weights(
     log_densities: np.ndarray | torch.Tensor,  # (cells, draws, K) log N(x; μ_k(w), σ_k²(w)) at each draw
@@ -441,7 +447,7 @@ def fit(self: GMVAE,
         init_epochs: int = 60,            # epochs trained before `init_mixture` fits its Gaussian mixture
         choose_after: int | str | None = "auto",  # with restarts: each trains this many epochs from its mixture's start, then only the kept one trains on; "auto": `default_choose_after` of the warm-up; None: every restart trains to the end
         mixing_em_steps: int = MIXING_EM_STEPS,  # EM steps that set π from the training cells after training (with learn_pi=False); 0: π stays uniform
-        mixing_em_each_epoch: bool = True,  # set π also after every epoch past the KL warm-up (`MIXING_EM_STEPS_EACH_EPOCH` EM steps), so the networks train on with it; False: π uniform until the end
+        mixing_em_each_epoch: bool = True,  # set π also after every epoch past the KL warm-up (`MIXING_EM_STEPS_EACH_EPOCH` EM steps; every `mixing_em_every` epochs on small data), so the networks train on with it; False: π uniform until the end
         on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
@@ -473,9 +479,11 @@ def fit(self: GMVAE,
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     self._refit_mixing_weights(None)  # π uniform until the warm-up's end, or throughout with mixing_em_each_epoch=False (unless learned)
     steps_each_epoch = MIXING_EM_STEPS_EACH_EPOCH if mixing_em_each_epoch and mixing_em_steps else 0  # EM steps that set π after each epoch past the warm-up
+    every = mixing_em_every(len(train), config.batch_size)  # ... after every epoch, or every few on small data
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
                     model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)},
-                    **({"EM steps that set π after each epoch": steps_each_epoch} if steps_each_epoch else {}))  # absent when off: earlier checkpoints resume
+                    **({"EM steps that set π after each epoch": steps_each_epoch} if steps_each_epoch else {}),  # absent when off: earlier checkpoints resume
+                    **({"epochs between the π steps": every} if steps_each_epoch and every > 1 else {}))
     whole_run = config.resolved(len(train), validation=False)  # max_epochs and the warm-up, as fit_module resolves them
     max_epochs, warmup_epochs = whole_run.max_epochs, whole_run.warmup_epochs  # the shorter phases keep the whole run's warm-up
     if choose_after == "auto": choose_after = default_choose_after(warmup_epochs)
@@ -486,8 +494,8 @@ def fit(self: GMVAE,
             "Train `run`'s module from its mixture's start (or on from a checkpoint, as `checkpointing` says); its whole history."
             before = run["before"]
             def refit_mixing_past_warmup(epoch: dict):
-                "After an epoch whose KL weight has reached 1, π from the run's networks by `steps_each_epoch` EM steps, at the draws of the run's seed (a restart trains as the model of its seed)."
-                if epoch["kl_weight"] >= 1: self._refit_mixing_weights(train, steps_each_epoch, run["seed"])
+                "After an epoch whose KL weight has reached 1 and whose number `every` divides, π from the run's networks by `steps_each_epoch` EM steps, at the draws of the run's seed (a restart trains as the model of its seed)."
+                if epoch["kl_weight"] >= 1 and epoch["epoch"] % every == 0: self._refit_mixing_weights(train, steps_each_epoch, run["seed"])
             history = fit_module(run["module"], counts, codes, train, validation, run_config, device=device,
                                  seed=run["seed"] + len(self.history) + (0 if before is None else len(before)),
                                  progress=progress, label=label, identity=identity, on_epoch=on_epoch,
