@@ -200,7 +200,7 @@ def main():
                         help="train nothing: print the medians and checks of the rows in these CSVs (earlier runs' --out)")
     args = parser.parse_args()
     if args.summarise:
-        return summarise(pd.concat([pd.read_csv(path) for path in args.summarise], ignore_index=True))
+        return summarise(read_rows(args.summarise))
     fit_settings, model_settings = ({name: ast.literal_eval(value) for name, value in (item.split("=", 1) for item in items)}
                                     for items in (args.fit, args.model))
     import torch
@@ -238,6 +238,21 @@ def main():
         print("\nkBET per cell type (medians over seeds):\n")
         print(markdown(per_label_summary(pd.concat(labels))))
     print(f"\nevery row: {args.out}" + (f"; per cell type: {args.per_label}" if labels else ""))
+
+
+def read_rows(paths: list[str]) -> pd.DataFrame:
+    "The rows of earlier runs' CSVs, together; a ValueError names a data set × method × seed given twice, or one measured with two different settings."
+    table = pd.concat([pd.read_csv(path) for path in paths], ignore_index=True)
+    twice = table[table.duplicated(["dataset", "method", "seed"], keep=False)]
+    if len(twice):
+        raise ValueError("these runs appear in more than one row of " + ", ".join(paths) + ": "
+                         + "; ".join(sorted({f"{d} {m} seed {s}" for d, m, s in twice[["dataset", "method", "seed"]].itertuples(index=False)})))
+    settings = table[["fit_settings", "model_settings"]].fillna("").astype(str).agg(" | ".join, axis=1)
+    mixed = settings.groupby([table["dataset"], table["method"]]).nunique()
+    if (mixed > 1).any():
+        raise ValueError("rows measured with different --fit/--model settings would be summarised together: "
+                         + "; ".join(f"{d} {m}" for d, m in mixed[mixed > 1].index))
+    return table
 
 
 def summarise(table: pd.DataFrame):
