@@ -638,9 +638,10 @@ def _mixture_from_embedding(self: GMVAE, cells: np.ndarray, seed: int) -> tuple[
                          "it needs at least as many cells as components, and two")
     _, x = self._per_cell(None, lambda mb: {name: value for name, value in self.module.encode(mb.counts, mb.batch).items()
                                             if name in ("x_mean", "x_logvar")}, indices=cells)
+    x_mean = x["x_mean"].astype(np.float64)  # in float32 the variance of cells that x barely separates can round below 0
     mixture = GaussianMixture(self.n_clusters, covariance_type="diag", n_init=3,
-                              random_state=seed % 2**32).fit(x["x_mean"])  # a restart's seed has 63 bits, scikit-learn takes 32
-    means, variances = posterior_mixture_moments(x["x_mean"], np.exp(x["x_logvar"]), mixture.predict_proba(x["x_mean"]))
+                              random_state=seed % 2**32).fit(x_mean)  # a restart's seed has 63 bits, scikit-learn takes 32
+    means, variances = posterior_mixture_moments(x["x_mean"], np.exp(x["x_logvar"]), mixture.predict_proba(x_mean))
     return torch.as_tensor(means), torch.as_tensor(variances)
 
 
