@@ -183,10 +183,15 @@ def markdown(table: pd.DataFrame, index: bool = True) -> str:
     return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)])
 
 
-def setting_value(text: str):
-    "The value of a NAME=VALUE setting: a Python literal (0.002, True, None, \"gmm\"), else the text itself (gmm)."
-    try: return ast.literal_eval(text)
-    except (ValueError, SyntaxError): return text
+def parse_setting(item: str) -> tuple[str, object]:
+    "NAME and value of a NAME=VALUE setting: VALUE a Python literal (0.002, True, None, \"gmm\") or a plain word (gmm); a ValueError names anything else."
+    name, equals, text = item.partition("=")
+    if not equals or not name.isidentifier():
+        raise ValueError(f"a setting is NAME=VALUE, e.g. lr=0.002 or init_mixture=gmm; got {item!r}")
+    try: return name, ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if text.isidentifier(): return name, text
+        raise ValueError(f"the value of {name} is neither a Python literal nor a plain word: {text!r}") from None
 
 
 def main():
@@ -197,7 +202,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     parser.add_argument("--out", default="quality.csv", help="CSV of every row (default: %(default)s)")
     parser.add_argument("--fit", nargs="+", default=[], metavar="NAME=VALUE",
-                        help="settings passed to the GMVAE's fit, to measure a candidate default (e.g. max_epochs=200 init_mixture=gmm; a VALUE that is not a Python literal is a string)")
+                        help="settings passed to the GMVAE's fit, to measure a candidate default (e.g. max_epochs=200 init_mixture=gmm; a plain word that is not a Python literal is a string)")
     parser.add_argument("--model", nargs="+", default=[], metavar="NAME=VALUE",
                         help="architecture arguments passed to GMVAE, to measure a candidate default (e.g. learn_pi=True)")
     parser.add_argument("--per-label", metavar="CSV", default=None,
@@ -207,8 +212,7 @@ def main():
     args = parser.parse_args()
     if args.summarise:
         return summarise(read_rows(args.summarise))
-    fit_settings, model_settings = ({name: setting_value(value) for name, value in (item.split("=", 1) for item in items)}
-                                    for items in (args.fit, args.model))
+    fit_settings, model_settings = (dict(parse_setting(item) for item in items) for items in (args.fit, args.model))
     import torch
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")

@@ -19,7 +19,16 @@ def quality():
                                          ('"gmm"', "gmm"), ("gmm", "gmm"), ("1e-3", 1e-3)])
 def test_setting_values_are_literals_or_plain_words(quality, text, value):
     # --fit init_mixture=gmm is the string "gmm", as --fit init_mixture='"gmm"' is; numbers and True/None stay literals
-    assert quality.setting_value(text) == value and type(quality.setting_value(text)) is type(value)
+    name, parsed = quality.parse_setting(f"setting={text}")
+    assert name == "setting" and parsed == value and type(parsed) is type(value)
+
+
+@pytest.mark.parametrize("item, message", [("lr", "a setting is NAME=VALUE"), ("=0.002", "a setting is NAME=VALUE"),
+                                           ("lr=0.0o2", "the value of lr is neither a Python literal nor a plain word: '0.0o2'"),
+                                           ("init_mixture=g m m", "the value of init_mixture is neither")])
+def test_a_malformed_setting_is_named(quality, item, message):
+    # a typo must not reach fit as a string (TrainConfig would then fail comparing a str with a number)
+    with pytest.raises(ValueError, match=message): quality.parse_setting(item)
 
 
 def _rows(path, seed, fit_settings=""):
