@@ -2,6 +2,7 @@
 import importlib.util
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 QUALITY = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
@@ -32,7 +33,6 @@ def test_a_malformed_setting_is_named(quality, item, message):
 
 
 def _rows(path, seed, fit_settings=""):
-    import pandas as pd
     pd.DataFrame(dict(dataset=["multiome"], method=["gmvae"], seed=[seed], fit_settings=[fit_settings],
                       model_settings=[""])).to_csv(path, index=False)
     return str(path)
