@@ -77,7 +77,7 @@ SETTINGS = {  # named presets: the `GMVAEModule` arguments and `TrainConfig` set
     "blog": dict(module=dict(n_x=80, n_w=60, encoder_hidden=(300, 250), decoder_hidden=(250, 300), beta_hidden=(300,),
                              dropout=0.05),
                  training=dict(max_epochs=40, n_samples=10, lr_decay_epoch=25, lr_decay=0.7, warmup_epochs=0,
-                                early_stopping=False)),
+                                early_stopping=False, average_decay=0)),
 }
 
 # %% ../nbs/11_model.ipynb #69d6c78b

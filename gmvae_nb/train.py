@@ -35,7 +35,8 @@ from .loaders import CSRLoader, Minibatch
 
 # %% auto #0
 __all__ = ['SEED_STREAMS', 'WARMUP_FRACTION', 'seed_streams', 'default_max_epochs', 'TrainConfig', 'check_finite',
-           'minibatch_terms', 'train_epoch', 'evaluate', 'reused_heap', 'fit_module']
+           'minibatch_terms', 'train_epoch', 'evaluate', 'reused_heap', 'load_parameters', 'updated_average',
+           'averaged_weights', 'fit_module']
 
 # %% ../nbs/10_train.ipynb #ab501d4b
 SEED_STREAMS = ("shuffle", "samples", "dropout", "validation", "inference")
@@ -72,6 +73,7 @@ class TrainConfig:
     grad_clip: float | None = None   # max global gradient norm; None: no clipping
     compile: bool = False            # torch.compile the module's elbo (per-cell terms)
     reuse_heap: bool = True          # glibc keeps freed memory for the next step (`reused_heap`); GMVAE_NB_REUSE_HEAP=0 turns it off
+    average_decay: float = 0.9       # past the KL warm-up, end with a moving average of the weights that keeps this share of itself each epoch; 0: the last epoch's weights
 
     def __post_init__(self):
         for name in ("max_epochs", "batch_size", "n_samples", "patience"):
@@ -79,6 +81,7 @@ class TrainConfig:
             if getattr(self, name) < 1: raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0: raise ValueError(f"lr must be positive, got {self.lr}")
         if self.grad_clip is not None and self.grad_clip <= 0: raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        if not 0 <= self.average_decay < 1: raise ValueError(f"average_decay must be at least 0 and below 1, got {self.average_decay}")
 
     def lr_at(self, epoch: int) -> float:
         "Learning rate during `epoch` (1-based)."
@@ -206,6 +209,30 @@ def reused_heap(enabled: bool = True) -> Iterator[bool]:
                 for parameter, value in _GLIBC_DEFAULTS.items(): libc.mallopt(parameter, value)
                 libc.malloc_trim(0)
 
+# %% ../nbs/10_train.ipynb #03a81ec0
+def load_parameters(module: nn.Module, values: dict[str, torch.Tensor]):
+    "Copy `values` (by parameter name) into `module`'s parameters, in place."
+    with torch.no_grad():
+        for name, p in module.named_parameters(): p.copy_(values[name])
+
+@torch.no_grad()
+def updated_average(average: dict[str, torch.Tensor] | None, module: nn.Module, decay: float) -> dict[str, torch.Tensor]:
+    "`average` of `module`'s parameters one epoch on: `decay` × `average` + (1 − `decay`) × the parameters; a copy of them when `average` is None."
+    if average is None: return {name: p.detach().clone() for name, p in module.named_parameters()}
+    for name, p in module.named_parameters(): average[name].lerp_(p.detach(), 1 - decay)
+    return average
+
+@contextmanager
+def averaged_weights(module: nn.Module, average: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    "A block in which `module`'s parameters hold `average` (None: their own values); their own values come back after it."
+    if average is None:
+        yield
+        return
+    own = {name: p.detach().clone() for name, p in module.named_parameters()}
+    load_parameters(module, average)
+    try: yield
+    finally: load_parameters(module, own)
+
 # %% ../nbs/10_train.ipynb #72adf6b6
 def _forked_rng(device: torch.device):
     "A context in which torch's global generators of the CPU and of `device` may be re-seeded and are restored on exit."
@@ -264,7 +291,8 @@ def fit_module(module: nn.Module,
         optimizer = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                      fused=device.type in ("cpu", "cuda"))  # one kernel for all parameters
         generator = torch.Generator(device=device).manual_seed(seeds["samples"])
-        run = dict(epoch=0, history=[], best=math.inf, best_epoch=0, best_state=None, waited=0, stopped_early=False)
+        run = dict(epoch=0, history=[], best=math.inf, best_epoch=0, best_state=None, waited=0, stopped_early=False,
+                   average=None)
         if resume and saved is None and rank == 0:
             warnings.warn(f"no checkpoint in '{checkpoint_dir}' to resume from: training from the first epoch")
         if saved is not None:
@@ -275,6 +303,7 @@ def fit_module(module: nn.Module,
             module.load_state_dict(saved["module"])
             optimizer.load_state_dict(saved["optimizer"])
             train.rng.bit_generator.state, run = saved["shuffle_rng"], saved["run"]
+            if run["average"] is not None: run["average"] = {k: v.to(device) for k, v in run["average"].items()}
             generator.set_state(saved["noise_rng"])
         elbo = torch.compile(module.elbo, dynamic=True) if config.compile else None
         bar = tqdm(total=(config.max_epochs - run["epoch"]) * len(train), disable=not progress or rank != 0,
@@ -291,24 +320,27 @@ def fit_module(module: nn.Module,
                 means = train_epoch(module, train, optimizer, config, epoch, (epoch - 1) * len(train) + 1,
                                     generator, device, step_elbo, bar)
                 if after_steps is not None: after_steps(dict(epoch=epoch, kl_weight=means["kl_weight"]))
+                if config.average_decay and means["kl_weight"] >= 1:
+                    run["average"] = updated_average(run["average"], module, config.average_decay)
                 row = {"epoch": epoch, "lr": config.lr_at(epoch), "kl_weight": means.pop("kl_weight"),
                        **{f"train_{k}": v for k, v in _with_neg_elbo(means).items()}}
-                if validation is not None:
-                    val = evaluate(module, validation, config.n_samples, seeds["validation"], device, elbo)
-                    check_finite(val, epoch, "validation term")
-                    row.update({f"validation_{k}": v for k, v in _with_neg_elbo(val).items()})
+                with averaged_weights(module, run["average"]):  # the weights the run would end with: validated, and kept by early stopping
+                    if validation is not None:
+                        val = evaluate(module, validation, config.n_samples, seeds["validation"], device, elbo)
+                        check_finite(val, epoch, "validation term")
+                        row.update({f"validation_{k}": v for k, v in _with_neg_elbo(val).items()})
+                    if validation is None or row["kl_weight"] < 1: run["best_epoch"] = epoch  # warming up: not yet the ELBO's model
+                    elif row["validation_neg_elbo"] < run["best"] - config.min_delta:
+                        run.update(best=row["validation_neg_elbo"], best_epoch=epoch, waited=0)
+                        if config.early_stopping:
+                            run["best_state"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                    else:
+                        run["waited"] += 1
+                        run["stopped_early"] = config.early_stopping and run["waited"] >= config.patience
                 row["seconds"] = time.perf_counter() - started
                 run["history"].append(row)
                 bar.set_postfix(_postfix(row))
                 if on_epoch is not None and rank == 0: on_epoch(row | {"max_epochs": config.max_epochs, "stage": label.strip(", ")})
-                if validation is None or row["kl_weight"] < 1: run["best_epoch"] = epoch  # warming up: not yet the ELBO's model
-                elif row["validation_neg_elbo"] < run["best"] - config.min_delta:
-                    run.update(best=row["validation_neg_elbo"], best_epoch=epoch, waited=0)
-                    if config.early_stopping:
-                        run["best_state"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
-                else:
-                    run["waited"] += 1
-                    run["stopped_early"] = config.early_stopping and run["waited"] >= config.patience
                 if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or epoch == config.max_epochs
                                                    or run["stopped_early"]):
                     write_checkpoint(checkpoint_dir, dict(
@@ -316,6 +348,7 @@ def fit_module(module: nn.Module,
                         shuffle_rng=train.rng.bit_generator.state, noise_rng=generator.get_state()), device)
         bar.close()
     if run["best_state"] is not None: module.load_state_dict(run["best_state"])
+    elif run["average"] is not None: load_parameters(module, run["average"])
     module.eval()
     frame = pd.DataFrame(run["history"])
     kept_epoch = run["best_epoch"] if run["best_state"] is not None else run["epoch"]  # the epoch whose weights `module` holds
