@@ -35,8 +35,8 @@ from .loaders import CSRLoader, Minibatch
 
 # %% auto #0
 __all__ = ['SEED_STREAMS', 'WARMUP_FRACTION', 'seed_streams', 'default_max_epochs', 'TrainConfig', 'check_finite',
-           'minibatch_terms', 'train_epoch', 'evaluate', 'reused_heap', 'load_parameters', 'updated_average',
-           'averaged_weights', 'fit_module']
+           'minibatch_terms', 'train_epoch', 'evaluate', 'reused_heap', 'copied_parameters', 'load_parameters',
+           'updated_average', 'averaged_weights', 'fit_module']
 
 # %% ../nbs/10_train.ipynb #ab501d4b
 SEED_STREAMS = ("shuffle", "samples", "dropout", "validation", "inference")
@@ -210,6 +210,10 @@ def reused_heap(enabled: bool = True) -> Iterator[bool]:
                 libc.malloc_trim(0)
 
 # %% ../nbs/10_train.ipynb #03a81ec0
+def copied_parameters(module: nn.Module) -> dict[str, torch.Tensor]:
+    "A copy of `module`'s parameters, by name."
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
 def load_parameters(module: nn.Module, values: dict[str, torch.Tensor]):
     "Copy `values` (by parameter name) into `module`'s parameters, in place."
     with torch.no_grad():
@@ -218,7 +222,7 @@ def load_parameters(module: nn.Module, values: dict[str, torch.Tensor]):
 @torch.no_grad()
 def updated_average(average: dict[str, torch.Tensor] | None, module: nn.Module, decay: float) -> dict[str, torch.Tensor]:
     "`average` of `module`'s parameters one epoch on: `decay` × `average` + (1 − `decay`) × the parameters; a copy of them when `average` is None."
-    if average is None: return {name: p.detach().clone() for name, p in module.named_parameters()}
+    if average is None: return copied_parameters(module)
     for name, p in module.named_parameters(): average[name].lerp_(p.detach(), 1 - decay)
     return average
 
@@ -228,7 +232,7 @@ def averaged_weights(module: nn.Module, average: dict[str, torch.Tensor] | None)
     if average is None:
         yield
         return
-    own = {name: p.detach().clone() for name, p in module.named_parameters()}
+    own = copied_parameters(module)
     load_parameters(module, average)
     try: yield
     finally: load_parameters(module, own)
@@ -324,7 +328,7 @@ def fit_module(module: nn.Module,
                     run["average"] = updated_average(run["average"], module, config.average_decay)
                 row = {"epoch": epoch, "lr": config.lr_at(epoch), "kl_weight": means.pop("kl_weight"),
                        **{f"train_{k}": v for k, v in _with_neg_elbo(means).items()}}
-                with averaged_weights(module, run["average"]):  # the weights the run would end with: validated, and kept by early stopping
+                with averaged_weights(module, None if validation is None else run["average"]):  # validation and early stopping see the weights the run would end with
                     if validation is not None:
                         val = evaluate(module, validation, config.n_samples, seeds["validation"], device, elbo)
                         check_finite(val, epoch, "validation term")
