@@ -74,6 +74,9 @@ TRAIN_OPTIONS = {  # options of fit, sweep and main -> argparse settings, with t
                                       help="set the mixing weights after every epoch past the KL warm-up too (one EM step; every few epochs where an "
                                            "epoch is under 8 minibatches), so "
                                            "that the networks train on with them; --no-…: uniform until training ends"),
+    ("--average-decay",): dict(dest="average_decay", type=float, default=0.9,
+                               help="decay of the moving average of the weights over the epochs past the KL warm-up, "
+                                    "which training ends with (0: the last epoch's weights)"),
 }
 
 # %% ../nbs/12_cli.ipynb #0085a1b5
@@ -197,9 +200,8 @@ def _run_sweep(args: argparse.Namespace, data: str, out: Path) -> bool:
     failed = table.index[table.status == "failed"].tolist()
     print(table.to_string())
     if (table.status == "done").any():
-        from gmvae_nb.sweep import cluster_stability, collect, recommend_k
-        print(f"recommended K (of the K whose held-out -ELBO is within one standard error of the lowest, the one whose "
-              f"clusters agree most across seeds): {recommend_k(collect(out), stability=cluster_stability(out))}")
+        from gmvae_nb.sweep import K_RULE, cluster_stability, collect, recommend_k
+        print(f"recommended K ({K_RULE}): {recommend_k(collect(out), stability=cluster_stability(out))}")
     where = f": {', '.join(failed)}; each left its error in {out / 'runs' / '<run>' / 'error.txt'}" if failed else ""
     print(f"sweep {out}: {len(table)} runs, skipped {int(table.skipped.sum())} finished before, {len(failed)} failed{where}")
     return not failed

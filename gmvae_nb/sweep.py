@@ -35,10 +35,10 @@ with optional_dependencies("sweep"):
     from traitlets.config import Config
 
 # %% auto #0
-__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'VALIDATION_FRACTION', 'Run', 'plan_runs', 'run_status',
-           'RunKernelManager', 'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts', 'check_split',
-           'prepare_data', 'training_progress', 'sweep', 'collect', 'summarize', 'cluster_stability', 'elbo_by_k',
-           'recommend_k']
+__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'VALIDATION_FRACTION', 'K_RULE', 'Run', 'plan_runs',
+           'run_status', 'RunKernelManager', 'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts',
+           'check_split', 'prepare_data', 'training_progress', 'sweep', 'collect', 'summarize', 'mean_pairwise_ari',
+           'cluster_stability', 'elbo_by_k', 'recommend_k']
 
 # %% ../nbs/15_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
@@ -307,36 +307,52 @@ def summarize(table: pd.DataFrame, by: str = "n_clusters") -> pd.DataFrame:
     return summary
 
 # %% ../nbs/15_sweep.ipynb #2408515a
-def cluster_stability(out: str | Path) -> pd.Series:
-    "Per K: the mean ARI between the test cells' clusters of every two finished runs (seeds) of the sweep in `out`; NaN with one run."
+def mean_pairwise_ari(
+    partitions: list[pd.Series],  # clusters of the same cells (indexed by cell), one per seed
+) -> tuple[float, float]:
+    "The mean ARI between every two of `partitions`, and its jackknife standard error over the partitions; NaN with one partition (the error: with two)."
+    pairs = {(i, j): adjusted_rand_score(a, b.loc[a.index]) for (i, a), (j, b) in combinations(enumerate(partitions), 2)}
+    n, mean = len(partitions), float(np.mean(list(pairs.values()))) if pairs else np.nan
+    if n < 3: return mean, np.nan
+    left_out = np.array([np.mean([ari for pair, ari in pairs.items() if k not in pair]) for k in range(n)])
+    return mean, float(np.sqrt((n - 1) / n * np.sum((left_out - left_out.mean()) ** 2)))
+
+# %% ../nbs/15_sweep.ipynb #7c1e9a24
+def cluster_stability(out: str | Path) -> pd.DataFrame:
+    "Per K: `stability`, the mean ARI between the test cells' clusters of every two finished runs (seeds) of the sweep in `out`, and `se`, its jackknife standard error over seeds (`mean_pairwise_ari`)."
     clusters: dict[int, list[pd.Series]] = {}
     for run, K in collect(out)["n_clusters"].items():
         cells = Path(out) / "runs" / run / "test_cells.csv"
         if cells.is_file(): clusters.setdefault(int(K), []).append(pd.read_csv(cells, index_col=0)["gmvae_cluster"])
-    return pd.Series({K: np.mean([adjusted_rand_score(a, b.loc[a.index]) for a, b in combinations(runs, 2)])
-                      if len(runs) > 1 else np.nan for K, runs in sorted(clusters.items())},
-                     name="stability", dtype=float).rename_axis("n_clusters")
+    per_k = {K: mean_pairwise_ari(runs) for K, runs in sorted(clusters.items())}
+    return pd.DataFrame.from_dict(per_k, orient="index", columns=["stability", "se"]).rename_axis("n_clusters")
 
 # %% ../nbs/15_sweep.ipynb #672e70f0
 def elbo_by_k(
     table: pd.DataFrame,  # one row per run: n_clusters and `score` (as `collect` returns)
     score: str = "neg_elbo_per_cell",  # lower is better: the held-out −ELBO per cell
 ) -> pd.DataFrame:
-    "Per K: the runs, mean and standard error of `score`, and `tied`: whether the mean is within one standard error of the lowest mean."
+    "Per K: the runs, mean and standard error of `score`, and `beats_smallest`: whether the mean is below the smallest K's by more than the standard error of their difference."
     grouped = table.groupby("n_clusters")[score]
     per_k = pd.DataFrame({"runs": grouped.size(), "mean": grouped.mean(),
                           "se": (grouped.std(ddof=1) / np.sqrt(grouped.size())).fillna(0.0)})
-    best = per_k["mean"].idxmin()
-    return per_k.assign(tied=per_k["mean"] <= per_k.loc[best, "mean"] + per_k.loc[best, "se"])
+    smallest = per_k.iloc[0]  # groupby sorts the K
+    return per_k.assign(beats_smallest=per_k["mean"] < smallest["mean"] - np.sqrt(per_k["se"] ** 2 + smallest["se"] ** 2))
 
 # %% ../nbs/15_sweep.ipynb #383d5a47
+K_RULE = ("of the first K whose held-out -ELBO beats the grid's smallest K by more than a standard error and all larger "
+          "K, the smallest whose clusters agree across seeds within a standard error of the most stable")
+
 def recommend_k(
     table: pd.DataFrame,  # one row per run: n_clusters and `score` (as `collect` returns)
     score: str = "neg_elbo_per_cell",  # lower is better: the held-out −ELBO per cell
-    stability: pd.Series | None = None,  # per K, e.g. `cluster_stability(out)`; None or NaN: not known
+    stability: pd.DataFrame | None = None,  # per K, `stability` and its `se`, as `cluster_stability(out)` returns; None or NaN: not known
 ) -> int:
-    "Among the K whose mean `score` is within one standard error of the lowest mean, the most stable (smallest on a tie); the smallest of them where stability is not known."
+    "Of the first K whose mean `score` beats the smallest K's by more than the standard error of the difference and every larger K, the smallest whose stability is within one standard error of the highest; the first of them where stability is not known; the smallest K where none beats it."
     per_k = elbo_by_k(table, score)
-    tied = per_k.index[per_k["tied"]]
-    known = pd.Series(dtype=float) if stability is None else stability.reindex(tied).dropna()
-    return int(known.idxmax() if len(known) else tied.min())
+    if not per_k["beats_smallest"].any(): return int(per_k.index.min())
+    candidates = per_k.index[per_k.index >= per_k.index[per_k["beats_smallest"]].min()]
+    known = pd.DataFrame() if stability is None else stability.reindex(candidates).dropna(subset=["stability"])
+    if not len(known): return int(candidates.min())
+    most = known["stability"].idxmax()
+    return int(known.index[known["stability"] >= known.loc[most, "stability"] - np.nan_to_num(known.loc[most, "se"])].min())

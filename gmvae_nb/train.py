@@ -355,7 +355,7 @@ def fit_module(module: nn.Module,
     elif run["average"] is not None: load_parameters(module, run["average"])
     module.eval()
     frame = pd.DataFrame(run["history"])
-    kept_epoch = run["best_epoch"] if run["best_state"] is not None else run["epoch"]  # the epoch whose weights `module` holds
+    kept_epoch = run["best_epoch"] if run["best_state"] is not None else run["epoch"]  # the epoch whose weights (their average past the warm-up) `module` holds
     frame.attrs.update(best_epoch=run["best_epoch"], kept_epoch=kept_epoch, stopped_early=run["stopped_early"],
                        config=asdict(config))
     return frame

@@ -109,7 +109,7 @@ def test_report_html_holds_the_sweep_table_and_embeds_its_figures(finished_sweep
             assert table.loc[K, column] == f"{mean:.3f} ± {sd:.3f}"
         assert table.loc[K, "−ELBO"].startswith(f"{group['neg_elbo_per_cell'].mean():.1f}")
     assert f"Recommended K = {recommend_k(runs, stability=cluster_stability(finished_sweep))}</strong>, without labels" in html
-    assert f"K = 3: {cluster_stability(finished_sweep).loc[3]:.2f}" in html
+    assert f"K = 3: {cluster_stability(finished_sweep).loc[3, 'stability']:.2f}" in html
     assert_the_shown_run_on_every_cell(html, finished_sweep)
 
 
