@@ -349,6 +349,10 @@ def recommend_k(
     stability: pd.DataFrame | None = None,  # per K, `stability` and its `se`, as `cluster_stability(out)` returns; None or NaN: not known
 ) -> int:
     "Of the first K whose mean `score` beats the smallest K's by more than the standard error of the difference and every larger K, the smallest whose stability is within one standard error of the highest; the first of them where stability is not known; the smallest K where none beats it."
+    if stability is not None and not (isinstance(stability, pd.DataFrame) and {"stability", "se"} <= set(stability.columns)):
+        given = f"columns {list(stability.columns)}" if isinstance(stability, pd.DataFrame) else f"a {type(stability).__name__}"
+        raise ValueError("stability must be a DataFrame with the columns 'stability' and 'se', as cluster_stability(out) "
+                         f"returns; got {given}")
     per_k = elbo_by_k(table, score)
     if not per_k["beats_smallest"].any(): return int(per_k.index.min())
     candidates = per_k.index[per_k.index >= per_k.index[per_k["beats_smallest"]].min()]
