@@ -200,8 +200,9 @@ def _run_sweep(args: argparse.Namespace, data: str, out: Path) -> bool:
     failed = table.index[table.status == "failed"].tolist()
     print(table.to_string())
     if (table.status == "done").any():
-        from gmvae_nb.sweep import K_RULE, cluster_stability, collect, recommend_k
-        print(f"recommended K ({K_RULE}): {recommend_k(collect(out), stability=cluster_stability(out))}")
+        from gmvae_nb.sweep import choose_k, cluster_stability, collect
+        choice = choose_k(collect(out), stability=cluster_stability(out))
+        print(f"recommended K = {choice.k}: {choice.reason}")
     where = f": {', '.join(failed)}; each left its error in {out / 'runs' / '<run>' / 'error.txt'}" if failed else ""
     print(f"sweep {out}: {len(table)} runs, skipped {int(table.skipped.sum())} finished before, {len(failed)} failed{where}")
     return not failed

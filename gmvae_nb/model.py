@@ -217,7 +217,7 @@ def restart_seed(seed: int, restart: int) -> int:
 
 # %% ../nbs/11_model.ipynb #12f3d93e
 def final_neg_elbo(history: pd.DataFrame) -> float:
-    "−ELBO per cell at the epoch whose weights `fit_module` returned with `history`: on the validation cells if it had any (of those weights), else on the training cells (the mean over the epoch's steps of the weights as they trained, not their average)."
+    "−ELBO per cell at the epoch whose weights (their average) `fit_module` returned with `history`, of the weights as they trained at that epoch: on the validation cells if it had any, else on the training cells (the mean over the epoch's steps)."
     column = "validation_neg_elbo" if "validation_neg_elbo" in history else "train_neg_elbo"
     return float(history[column].iloc[history.attrs["kept_epoch"] - 1])
 

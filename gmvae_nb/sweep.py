@@ -35,10 +35,10 @@ with optional_dependencies("sweep"):
     from traitlets.config import Config
 
 # %% auto #0
-__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'VALIDATION_FRACTION', 'K_RULE', 'Run', 'plan_runs',
-           'run_status', 'RunKernelManager', 'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts',
-           'check_split', 'prepare_data', 'training_progress', 'sweep', 'collect', 'summarize', 'mean_pairwise_ari',
-           'cluster_stability', 'elbo_by_k', 'recommend_k']
+__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'VALIDATION_FRACTION', 'Run', 'plan_runs', 'run_status',
+           'RunKernelManager', 'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts', 'check_split',
+           'prepare_data', 'training_progress', 'sweep', 'collect', 'summarize', 'mean_pairwise_ari',
+           'cluster_stability', 'elbo_by_k', 'KChoice', 'choose_k', 'recommend_k']
 
 # %% ../nbs/15_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
@@ -340,23 +340,48 @@ def elbo_by_k(
     return per_k.assign(beats_smallest=per_k["mean"] < smallest["mean"] - np.sqrt(per_k["se"] ** 2 + smallest["se"] ** 2))
 
 # %% ../nbs/15_sweep.ipynb #383d5a47
-K_RULE = ("of the first K whose held-out -ELBO beats the grid's smallest K by more than a standard error and all larger "
-          "K, the smallest whose clusters agree across seeds within a standard error of the most stable")
+@dataclass(frozen=True)
+class KChoice:
+    "The K `choose_k` recommends, and which branch of the rule chose it."
+    k: int  # the recommended K
+    smallest: int  # the grid's smallest K, the one to beat
+    first_beating: int | None  # the first K whose mean held-out −ELBO beats the smallest K's; None: none does
+    stability: float  # the stability of the recommended K; NaN where it is not known
 
-def recommend_k(
+    @property
+    def reason(self) -> str:
+        "The branch of the rule that chose `k`, in words."
+        if self.first_beating is None:
+            return (f"no K's mean held-out −ELBO per cell beats K = {self.smallest}'s by more than the standard error of "
+                    "the difference, so the smallest K is kept")
+        beating = (f"K = {self.first_beating} is the first K whose mean held-out −ELBO per cell beats K = "
+                   f"{self.smallest}'s by more than the standard error of the difference; of K = {self.first_beating} "
+                   "and every larger K")
+        if np.isnan(self.stability): return f"{beating}, the first (one seed per K: stability unknown)"
+        return (f"{beating}, the smallest whose clusters agree across seeds within one standard error of the most stable "
+                f"(stability {self.stability:.2f}, the mean ARI between the test cells' clusters of every two seeds)")
+
+def choose_k(
     table: pd.DataFrame,  # one row per run: n_clusters and `score` (as `collect` returns)
     score: str = "neg_elbo_per_cell",  # lower is better: the held-out −ELBO per cell
     stability: pd.DataFrame | None = None,  # per K, `stability` and its `se`, as `cluster_stability(out)` returns; None or NaN: not known
-) -> int:
+) -> KChoice:
     "Of the first K whose mean `score` beats the smallest K's by more than the standard error of the difference and every larger K, the smallest whose stability is within one standard error of the highest; the first of them where stability is not known; the smallest K where none beats it."
     if stability is not None and not (isinstance(stability, pd.DataFrame) and {"stability", "se"} <= set(stability.columns)):
         given = f"columns {list(stability.columns)}" if isinstance(stability, pd.DataFrame) else f"a {type(stability).__name__}"
         raise ValueError("stability must be a DataFrame with the columns 'stability' and 'se', as cluster_stability(out) "
                          f"returns; got {given}")
     per_k = elbo_by_k(table, score)
-    if not per_k["beats_smallest"].any(): return int(per_k.index.min())
-    candidates = per_k.index[per_k.index >= per_k.index[per_k["beats_smallest"]].min()]
+    smallest = int(per_k.index.min())
+    if not per_k["beats_smallest"].any(): return KChoice(smallest, smallest, None, np.nan)
+    first_beating = int(per_k.index[per_k["beats_smallest"]].min())
+    candidates = per_k.index[per_k.index >= first_beating]
     known = pd.DataFrame() if stability is None else stability.reindex(candidates).dropna(subset=["stability"])
-    if not len(known): return int(candidates.min())
+    if not len(known): return KChoice(first_beating, smallest, first_beating, np.nan)
     most = known["stability"].idxmax()
-    return int(known.index[known["stability"] >= known.loc[most, "stability"] - np.nan_to_num(known.loc[most, "se"])].min())
+    k = int(known.index[known["stability"] >= known.loc[most, "stability"] - np.nan_to_num(known.loc[most, "se"])].min())
+    return KChoice(k, smallest, first_beating, float(known.loc[k, "stability"]))
+
+def recommend_k(table: pd.DataFrame, score: str = "neg_elbo_per_cell", stability: pd.DataFrame | None = None) -> int:
+    "The K `choose_k` recommends."
+    return choose_k(table, score, stability).k

@@ -36,7 +36,7 @@ from .loaders import CSRLoader, Minibatch
 # %% auto #0
 __all__ = ['SEED_STREAMS', 'WARMUP_FRACTION', 'seed_streams', 'default_max_epochs', 'TrainConfig', 'check_finite',
            'minibatch_terms', 'train_epoch', 'evaluate', 'reused_heap', 'copied_parameters', 'load_parameters',
-           'updated_average', 'averaged_weights', 'fit_module']
+           'updated_average', 'averaged_state', 'fit_module']
 
 # %% ../nbs/10_train.ipynb #ab501d4b
 SEED_STREAMS = ("shuffle", "samples", "dropout", "validation", "inference")
@@ -226,16 +226,10 @@ def updated_average(average: dict[str, torch.Tensor] | None, module: nn.Module, 
     for name, p in module.named_parameters(): average[name].lerp_(p.detach(), 1 - decay)
     return average
 
-@contextmanager
-def averaged_weights(module: nn.Module, average: dict[str, torch.Tensor] | None) -> Iterator[None]:
-    "A block in which `module`'s parameters hold `average` (None: their own values); their own values come back after it."
-    if average is None:
-        yield
-        return
-    own = copied_parameters(module)
-    load_parameters(module, average)
-    try: yield
-    finally: load_parameters(module, own)
+def averaged_state(module: nn.Module, average: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    "A copy of `module`'s state (parameters and buffers) with `average` in place of its parameters (None: their own values)."
+    state = {name: v.detach().clone() for name, v in module.state_dict().items()}
+    return state | ({} if average is None else {name: v.clone() for name, v in average.items()})
 
 # %% ../nbs/10_train.ipynb #72adf6b6
 def _forked_rng(device: torch.device):
@@ -328,19 +322,17 @@ def fit_module(module: nn.Module,
                     run["average"] = updated_average(run["average"], module, config.average_decay)
                 row = {"epoch": epoch, "lr": config.lr_at(epoch), "kl_weight": means.pop("kl_weight"),
                        **{f"train_{k}": v for k, v in _with_neg_elbo(means).items()}}
-                with averaged_weights(module, None if validation is None else run["average"]):  # validation and early stopping see the weights the run would end with
-                    if validation is not None:
-                        val = evaluate(module, validation, config.n_samples, seeds["validation"], device, elbo)
-                        check_finite(val, epoch, "validation term")
-                        row.update({f"validation_{k}": v for k, v in _with_neg_elbo(val).items()})
-                    if validation is None or row["kl_weight"] < 1: run["best_epoch"] = epoch  # warming up: not yet the ELBO's model
-                    elif row["validation_neg_elbo"] < run["best"] - config.min_delta:
-                        run.update(best=row["validation_neg_elbo"], best_epoch=epoch, waited=0)
-                        if config.early_stopping:
-                            run["best_state"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
-                    else:
-                        run["waited"] += 1
-                        run["stopped_early"] = config.early_stopping and run["waited"] >= config.patience
+                if validation is not None:  # the weights as they train: the average lags them
+                    val = evaluate(module, validation, config.n_samples, seeds["validation"], device, elbo)
+                    check_finite(val, epoch, "validation term")
+                    row.update({f"validation_{k}": v for k, v in _with_neg_elbo(val).items()})
+                if validation is None or row["kl_weight"] < 1: run["best_epoch"] = epoch  # warming up: not yet the ELBO's model
+                elif row["validation_neg_elbo"] < run["best"] - config.min_delta:
+                    run.update(best=row["validation_neg_elbo"], best_epoch=epoch, waited=0)
+                    if config.early_stopping: run["best_state"] = averaged_state(module, run["average"])
+                else:
+                    run["waited"] += 1
+                    run["stopped_early"] = config.early_stopping and run["waited"] >= config.patience
                 row["seconds"] = time.perf_counter() - started
                 run["history"].append(row)
                 bar.set_postfix(_postfix(row))

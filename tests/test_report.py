@@ -15,7 +15,7 @@ import pytest
 from gmvae_nb.metrics import METRICS
 from gmvae_nb.model import GMVAE
 from gmvae_nb.report import render_report, software_versions
-from gmvae_nb.sweep import cluster_stability, collect, recommend_k, sweep
+from gmvae_nb.sweep import choose_k, cluster_stability, collect, recommend_k, sweep
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,8 @@ def test_report_html_holds_the_sweep_table_and_embeds_its_figures(finished_sweep
             mean, sd = group[key].mean(), group[key].std(ddof=1)
             assert table.loc[K, column] == f"{mean:.3f} ± {sd:.3f}"
         assert table.loc[K, "−ELBO"].startswith(f"{group['neg_elbo_per_cell'].mean():.1f}")
-    assert f"Recommended K = {recommend_k(runs, stability=cluster_stability(finished_sweep))}</strong>, without labels" in html
+    choice = choose_k(runs, stability=cluster_stability(finished_sweep))
+    assert f"Recommended K = {choice.k}</strong>, chosen without labels: {choice.reason}." in html  # the rule's own words
     assert f"K = 3: {cluster_stability(finished_sweep).loc[3, 'stability']:.2f}" in html
     assert_the_shown_run_on_every_cell(html, finished_sweep)
 

@@ -16,7 +16,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from gmvae_nb.metrics import METRICS
-from gmvae_nb.sweep import K_RULE, cluster_stability, collect, recommend_k, run_status, summarize, sweep
+from gmvae_nb.sweep import choose_k, cluster_stability, collect, run_status, summarize, sweep
 
 CLI = str(Path(sys.executable).with_name("gmvae-nb"))
 
@@ -55,7 +55,8 @@ def test_two_by_two_sweep_through_papermill(tiny_data, tmp_path):
         assert metrics["ari_own_clusters"] == pytest.approx(adjusted_rand_score(cells.cell_type, cells.gmvae_cluster))
     table = collect(out)
     assert len(table) == 4
-    assert f"recommended K ({K_RULE}): {recommend_k(table, stability=cluster_stability(out))}" in result.stdout
+    choice = choose_k(table, stability=cluster_stability(out))
+    assert f"recommended K = {choice.k}: {choice.reason}\n" in result.stdout  # the K and the branch of the rule that chose it
     summary = summarize(table)
     assert list(summary.index) == [1, 3]
     assert (summary[("runs", "n")] == 2).all()
