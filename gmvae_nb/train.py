@@ -228,8 +228,7 @@ def updated_average(average: dict[str, torch.Tensor] | None, module: nn.Module, 
 
 def averaged_state(module: nn.Module, average: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     "A copy of `module`'s state (parameters and buffers) with `average` in place of its parameters (None: their own values)."
-    state = {name: v.detach().clone() for name, v in module.state_dict().items()}
-    return state | ({} if average is None else {name: v.clone() for name, v in average.items()})
+    return {name: v.detach().clone() for name, v in (module.state_dict() | (average or {})).items()}
 
 # %% ../nbs/10_train.ipynb #72adf6b6
 def _forked_rng(device: torch.device):
