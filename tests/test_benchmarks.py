@@ -2,18 +2,26 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-QUALITY = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("quality", QUALITY)
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def quality(): return _script("quality")
+
+
+@pytest.fixture(scope="module")
+def mixture_optima(): return _script("mixture_optima")
 
 
 @pytest.mark.parametrize("text, value", [("0.002", 0.002), ("True", True), ("None", None), ("(64, 32)", (64, 32)),
@@ -45,3 +53,40 @@ def test_summarise_refuses_a_run_given_twice_or_measured_two_ways(quality, tmp_p
     with pytest.raises(ValueError, match="different --fit/--model settings would be summarised together: multiome gmvae"):
         quality.read_rows([first, other])
     assert len(quality.read_rows([first, _rows(tmp_path / "d.csv", 1)])) == 2
+
+
+def _blobs(centres, n=150, seed=0):
+    "n points of an isotropic unit Gaussian around each centre, and each point's blob."
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(size=(n, len(c))) + c for c in np.asarray(centres, dtype=float)])
+    return x, np.repeat(np.arange(len(centres)), n)
+
+
+def test_diagonal_gaussians_are_the_groups_moments(mixture_optima):
+    x, blob = _blobs([[0, 0], [8, 0], [0, 8]])
+    codes = np.where(np.arange(len(x)) == 0, 3, blob)  # one cell alone in group 3: it takes the pooled variance
+    means, variances, shares = mixture_optima.diagonal_gaussians(x, codes, 4)
+    floor = 1e-3 * x.var(0)
+    for g in range(3):
+        np.testing.assert_allclose(means[g], x[codes == g].mean(0))
+        np.testing.assert_allclose(variances[g], x[codes == g].var(0) + floor)
+    np.testing.assert_allclose(variances[3], x.var(0) + floor)
+    np.testing.assert_allclose(shares, np.bincount(codes) / len(x))
+
+
+def test_separate_groups_are_the_mixtures_best_optimum(mixture_optima):
+    x, blob = _blobs([[0, 0, 0], [10, 0, 0], [0, 10, 0]])
+    found = mixture_optima.optima(x, np.array(["a", "b", "c"])[blob], starts=3)
+    assert found["label_classes"] == found["labels_em"] == found["kmeans_em"] == 1.0
+    assert found["beat_labels"] == 0 and abs(found["kmeans_em_best_loglik"] - found["labels_em_loglik"]) < mixture_optima.TIE
+
+
+def test_labels_that_merge_two_groups_and_split_one_are_a_lower_optimum(mixture_optima):
+    # labels: blobs 0 and 1 as one type, blob 2 cut in two along its first axis. EM cannot leave that partition, and
+    # every k-means start ends at the three blobs, a higher likelihood
+    x, blob = _blobs([[0, 0, 0], [10, 0, 0], [0, 10, 0]])
+    labels = np.where(blob < 2, "merged", np.where(x[:, 0] < 0, "left", "right"))
+    found = mixture_optima.optima(x, labels, starts=3)
+    assert found["beat_labels"] == found["starts"] == 3
+    assert found["kmeans_em_best_loglik"] > found["labels_em_loglik"] + 0.1
+    assert found["labels_em"] > 0.9 > found["kmeans_em"]
