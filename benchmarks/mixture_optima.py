@@ -29,14 +29,15 @@ import numpy as np
 import pandas as pd
 
 TIE = 1e-3  # nats per cell, EM's stopping tolerance (scikit-learn's `tol`): two fits closer than this are at one optimum
+FLOOR = 1e-3  # every component's variances are raised by this share of the mean variance of x (a type of one cell, or two alike, would collapse)
 
 
 def diagonal_gaussians(x: np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Means, variances and shares (n_groups, …) of the groups `codes` of `x`; a group of fewer than 3 cells takes the pooled variance; every variance is raised by 1e-3 of the pooled one."
+    "Means, variances and shares (n_groups, …) of the groups `codes` of `x`; a group of fewer than 3 cells takes the pooled variance; every variance is raised by `FLOOR` times the mean pooled one."
     pooled = x.var(0)
     means = np.stack([x[codes == g].mean(0) for g in range(n_groups)])
     variances = np.stack([x[codes == g].var(0) if (codes == g).sum() > 2 else pooled for g in range(n_groups)])
-    return means, variances + 1e-3 * pooled, np.bincount(codes, minlength=n_groups) / len(codes)
+    return means, variances + FLOOR * pooled.mean(), np.bincount(codes, minlength=n_groups) / len(codes)
 
 
 def optima(x: np.ndarray, labels: np.ndarray, starts: int = 5, max_iter: int = 500) -> dict:
@@ -46,7 +47,7 @@ def optima(x: np.ndarray, labels: np.ndarray, starts: int = 5, max_iter: int = 5
     names, codes = np.unique(labels, return_inverse=True)
     means, variances, shares = diagonal_gaussians(x, codes, len(names))
     log_density = -0.5 * (((x[:, None] - means) ** 2) / variances + np.log(2 * np.pi * variances)).sum(-1) + np.log(shares)
-    mixture = dict(n_components=len(names), covariance_type="diag", max_iter=max_iter)
+    mixture = dict(n_components=len(names), covariance_type="diag", max_iter=max_iter, reg_covar=FLOOR * x.var(0).mean())
     from_labels = GaussianMixture(**mixture, weights_init=shares, means_init=means, precisions_init=1 / variances,
                                   random_state=0).fit(x)
     from_kmeans = [GaussianMixture(**mixture, random_state=seed).fit(x) for seed in range(starts)]

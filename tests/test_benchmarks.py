@@ -66,7 +66,7 @@ def test_diagonal_gaussians_are_the_groups_moments(mixture_optima):
     x, blob = _blobs([[0, 0], [8, 0], [0, 8]])
     codes = np.where(np.arange(len(x)) == 0, 3, blob)  # one cell alone in group 3: it takes the pooled variance
     means, variances, shares = mixture_optima.diagonal_gaussians(x, codes, 4)
-    floor = 1e-3 * x.var(0)
+    floor = mixture_optima.FLOOR * x.var(0).mean()
     for g in range(3):
         np.testing.assert_allclose(means[g], x[codes == g].mean(0))
         np.testing.assert_allclose(variances[g], x[codes == g].var(0) + floor)
