@@ -74,7 +74,10 @@ def main():
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", module="sklearn")
     sweep = Path(args.sweep)
+    if not (sweep / "data.h5ad").is_file(): raise SystemExit(f"{sweep} is not a sweep's folder: it has no data.h5ad")
     adata = ad.read_h5ad(sweep / "data.h5ad")
+    if "cell_type" not in adata.obs:
+        raise SystemExit(f"{sweep / 'data.h5ad'} has no obs['cell_type']: the question needs the labels (a sweep writes them there)")
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     k = args.n_clusters or len(np.unique(labels))
     runs = sorted(run for run in (sweep / "runs").glob(f"K{k:03d}_seed*") if (run / "model").is_dir())
