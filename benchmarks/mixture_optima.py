@@ -71,6 +71,7 @@ def main():
     import torch
     from sklearn.metrics import adjusted_rand_score
     from gmvae_nb.model import GMVAE
+    from gmvae_nb.sweep import collect
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", module="sklearn")
     sweep = Path(args.sweep)
@@ -79,10 +80,13 @@ def main():
     if "cell_type" not in adata.obs:
         raise SystemExit(f"{sweep / 'data.h5ad'} has no obs['cell_type']: the question needs the labels (a sweep writes them there)")
     labels = adata.obs["cell_type"].astype(str).to_numpy()
-    k = args.n_clusters or len(np.unique(labels))
-    runs = sorted(run for run in (sweep / "runs").glob(f"K{k:03d}_seed*") if (run / "model").is_dir())
+    n_labels = len(np.unique(labels))
+    k = args.n_clusters or n_labels
+    finished = collect(sweep)["n_clusters"]  # the sweep's finished runs, as its report reads them
+    runs = [sweep / "runs" / name for name, n_clusters in finished.items()
+            if n_clusters == k and (sweep / "runs" / name / "model").is_dir()]
     if not runs: raise SystemExit(f"{sweep / 'runs'} holds no run with a saved model at K = {k}")
-    if k != len(np.unique(labels)): print(f"K = {k}; the mixtures on x have one component per label ({len(np.unique(labels))})")
+    if k != n_labels: print(f"K = {k}; the mixtures on x have one component per label ({n_labels})")
     rows = []
     for run in runs:
         model = GMVAE.load(run / "model", adata.copy())
