@@ -3,23 +3,27 @@
 For each run of a finished sweep at one K (by default the number of labelled groups), on all cells of the sweep's
 data: the embedding `get_latent()` (posterior means of x, batches aligned), then
 
-- `label_classes`: each cell in the class of highest density under diagonal Gaussians with the labels' means,
-  variances and shares, no EM: what a K-component diagonal Gaussian mixture placed on the labels scores;
-- `labels_em`: EM (scikit-learn's `GaussianMixture`, diagonal) started there, its ARI and its mean log-likelihood
+- `label_classes`: each cell in the class of highest density under Gaussians with the labels' means,
+  covariances and shares, no EM: what a K-component Gaussian mixture placed on the labels scores;
+- `labels_em`: EM (scikit-learn's `GaussianMixture`) started there, its ARI and its mean log-likelihood
   per cell;
 - `kmeans_em`: the same EM from scikit-learn's own k-means start with `--starts` seeds, their ARIs and
   log-likelihoods, and `beat_labels`, how many of those starts end at a higher likelihood than the labels' start (by more than
   `TIE`);
-- `own`: the model's own clusters (`predict`).
+- `own`: the model's own clusters (`predict`), and `own_em`, EM started at them (one component per cluster used):
+  where their partition lies among the mixture's optima.
 
 Where the labels' start ends at the highest likelihood, a mixture fitted by maximum likelihood can find the labels'
 groups, and restarts chosen by likelihood would; where k-means' starts end higher while scoring a lower ARI, the
 mixture's likelihood prefers another partition (large types divided, small ones merged) and no optimiser would pick
-the labels'. A diagonal Gaussian mixture on the posterior means stands in for the model's prior (whose component
-means also depend on w): the comparison is between optima, not a refit of the model.
+the labels'. A diagonal Gaussian mixture on the posterior means stands in for the model's prior, whose components
+are diagonal Gaussians in x given w: the comparison is between optima, not a refit of the model. Through w a
+component could take a correlated shape; `--covariance full` asks the same question of mixtures with a full
+covariance per component, the most such shapes could give.
 
     .venv/bin/python benchmarks/mixture_optima.py sweeps/cite            # K = the labelled groups
     .venv/bin/python benchmarks/mixture_optima.py sweeps/cite -K 10 --starts 5
+    .venv/bin/python benchmarks/mixture_optima.py sweeps/cite --covariance full
 """
 import argparse
 import warnings
@@ -32,32 +36,62 @@ TIE = 1e-3  # nats per cell, EM's stopping tolerance (scikit-learn's `tol`): two
 FLOOR = 1e-3  # every component's variances are raised by this share of the mean variance of x (a type of one cell, or two alike, would collapse)
 
 
-def diagonal_gaussians(x: np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Means, variances and shares (n_groups, …) of the groups `codes` of `x`; a group of fewer than 3 cells takes the pooled variance; every variance is raised by `FLOOR` times the mean pooled one."
-    pooled = x.var(0)
+COVARIANCES = ("diag", "full")  # the mixtures' covariances: scikit-learn's `covariance_type`
+
+
+def label_gaussians(x: np.ndarray, codes: np.ndarray, n_groups: int, covariance: str = "diag"
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Means, covariances and shares of the groups `codes` of `x`: variances (n_groups, d) with `covariance` 'diag', matrices (n_groups, d, d) with 'full'. A group too small to estimate its own (under 3 cells; under d + 2 with 'full') takes the pooled ones; every variance is raised by `FLOOR` times the mean pooled one."
+    full = covariance == "full"
+    def moments(values: np.ndarray) -> np.ndarray: return np.atleast_2d(np.cov(values.T, bias=True)) if full else values.var(0)
+    enough = x.shape[1] + 2 if full else 3
+    floor = FLOOR * x.var(0).mean() * (np.eye(x.shape[1]) if full else 1)
     means = np.stack([x[codes == g].mean(0) for g in range(n_groups)])
-    variances = np.stack([x[codes == g].var(0) if (codes == g).sum() > 2 else pooled for g in range(n_groups)])
-    return means, variances + FLOOR * pooled.mean(), np.bincount(codes, minlength=n_groups) / len(codes)
+    covariances = np.stack([moments(x[codes == g]) if (codes == g).sum() >= enough else moments(x) for g in range(n_groups)])
+    return means, covariances + floor, np.bincount(codes, minlength=n_groups) / len(codes)
 
 
-def optima(x: np.ndarray, labels: np.ndarray, starts: int = 5, max_iter: int = 500) -> dict:
-    "ARI and mean log-likelihood of diagonal Gaussian mixtures on `x` with one component per label: placed on the labels, EM from there, and EM from `starts` k-means starts."
+def log_densities(x: np.ndarray, means: np.ndarray, covariances: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    "(cells, groups) log of each group's share times its Gaussian density at each cell (`label_gaussians`' output)."
+    if covariances.ndim == 2:
+        log_density = -0.5 * (((x[:, None] - means) ** 2) / covariances + np.log(2 * np.pi * covariances)).sum(-1)
+    else:
+        from scipy.stats import multivariate_normal
+        log_density = np.stack([multivariate_normal(mean, cov).logpdf(x) for mean, cov in zip(means, covariances)], -1)
+    return log_density.reshape(len(x), len(means)) + np.log(shares)
+
+
+def em_from(x: np.ndarray, partition: np.ndarray, covariance: str = "diag", max_iter: int = 500):
+    "scikit-learn's `GaussianMixture` fitted by EM to `x` from the Gaussians of `partition`'s groups (`label_gaussians`), one component per group, and those Gaussians."
+    from sklearn.mixture import GaussianMixture
+    if covariance not in COVARIANCES: raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+    names, codes = np.unique(partition, return_inverse=True)
+    means, covariances, shares = label_gaussians(x, codes, len(names), covariance)
+    precisions = 1 / covariances if covariance == "diag" else np.linalg.inv(covariances)
+    fit = GaussianMixture(len(names), covariance_type=covariance, max_iter=max_iter, reg_covar=FLOOR * x.var(0).mean(),
+                          weights_init=shares, means_init=means, precisions_init=precisions, random_state=0).fit(x)
+    return fit, (means, covariances, shares)
+
+
+def optima(x: np.ndarray, labels: np.ndarray, starts: int = 5, max_iter: int = 500, covariance: str = "diag",
+           own: np.ndarray | None = None) -> dict:
+    "ARI and mean log-likelihood of Gaussian mixtures (`covariance` 'diag' or 'full') on `x` with one component per label: placed on the labels, EM from there, and EM from `starts` k-means starts; given the model's `own` clusters, also EM from them (one component per cluster)."
     from sklearn.metrics import adjusted_rand_score
     from sklearn.mixture import GaussianMixture
-    names, codes = np.unique(labels, return_inverse=True)
-    means, variances, shares = diagonal_gaussians(x, codes, len(names))
-    log_density = -0.5 * (((x[:, None] - means) ** 2) / variances + np.log(2 * np.pi * variances)).sum(-1) + np.log(shares)
-    mixture = dict(n_components=len(names), covariance_type="diag", max_iter=max_iter, reg_covar=FLOOR * x.var(0).mean())
-    from_labels = GaussianMixture(**mixture, weights_init=shares, means_init=means, precisions_init=1 / variances,
-                                  random_state=0).fit(x)
-    from_kmeans = [GaussianMixture(**mixture, random_state=seed).fit(x) for seed in range(starts)]
+    from_labels, gaussians = em_from(x, labels, covariance, max_iter)
+    from_kmeans = [GaussianMixture(from_labels.n_components, covariance_type=covariance, max_iter=max_iter,
+                                   reg_covar=from_labels.reg_covar, random_state=seed).fit(x) for seed in range(starts)]
     kmeans_likelihood = np.array([fit.score(x) for fit in from_kmeans])
-    return dict(label_classes=adjusted_rand_score(labels, log_density.argmax(1)),
-                labels_em=adjusted_rand_score(labels, from_labels.predict(x)), labels_em_loglik=from_labels.score(x),
-                kmeans_em=float(np.median([adjusted_rand_score(labels, fit.predict(x)) for fit in from_kmeans])),
-                kmeans_em_loglik=float(np.median(kmeans_likelihood)),
-                kmeans_em_best_loglik=float(kmeans_likelihood.max()),
-                beat_labels=int((kmeans_likelihood > from_labels.score(x) + TIE).sum()), starts=starts)
+    found = dict(label_classes=adjusted_rand_score(labels, log_densities(x, *gaussians).argmax(1)),
+                 labels_em=adjusted_rand_score(labels, from_labels.predict(x)), labels_em_loglik=from_labels.score(x),
+                 kmeans_em=float(np.median([adjusted_rand_score(labels, fit.predict(x)) for fit in from_kmeans])),
+                 kmeans_em_loglik=float(np.median(kmeans_likelihood)),
+                 kmeans_em_best_loglik=float(kmeans_likelihood.max()),
+                 beat_labels=int((kmeans_likelihood > from_labels.score(x) + TIE).sum()), starts=starts)
+    if own is not None:
+        from_own, _ = em_from(x, own, covariance, max_iter)
+        found.update(own_em=adjusted_rand_score(labels, from_own.predict(x)), own_em_loglik=from_own.score(x))
+    return found
 
 
 def main():
@@ -65,6 +99,8 @@ def main():
     parser.add_argument("sweep", help="a finished sweep's folder (SWEEP/data.h5ad with obs['cell_type'], SWEEP/runs/*/model)")
     parser.add_argument("-K", "--n-clusters", type=int, default=None, help="the runs' K (default: the number of labelled groups)")
     parser.add_argument("--starts", type=int, default=5, help="k-means starts of the mixture's EM (default: %(default)s)")
+    parser.add_argument("--covariance", choices=COVARIANCES, default="diag",
+                        help="the mixtures' covariances: diagonal, as the model's components, or full (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     args = parser.parse_args()
     import anndata as ad
@@ -92,7 +128,8 @@ def main():
         model = GMVAE.load(run / "model", adata.copy())
         own = np.asarray(model.predict(copy=True).obs["gmvae_cluster"])
         rows.append(dict(run=run.name, own=adjusted_rand_score(labels, own), own_used=len(np.unique(own)),
-                         **optima(np.asarray(model.get_latent(copy=True).obsm["X_gmvae"]), labels, args.starts)))
+                         **optima(np.asarray(model.get_latent(copy=True).obsm["X_gmvae"]), labels, args.starts,
+                                  covariance=args.covariance, own=own)))
         print(", ".join(f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}" for key, value in rows[-1].items()),
               flush=True)
     table = pd.DataFrame(rows).set_index("run")

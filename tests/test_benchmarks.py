@@ -62,31 +62,53 @@ def _blobs(centres, n=150, seed=0):
     return x, np.repeat(np.arange(len(centres)), n)
 
 
-def test_diagonal_gaussians_are_the_groups_moments(mixture_optima):
+def test_label_gaussians_are_the_groups_moments(mixture_optima):
     x, blob = _blobs([[0, 0], [8, 0], [0, 8]])
-    codes = np.where(np.arange(len(x)) == 0, 3, blob)  # one cell alone in group 3: it takes the pooled variance
-    means, variances, shares = mixture_optima.diagonal_gaussians(x, codes, 4)
+    codes = np.where(np.arange(len(x)) == 0, 3, blob)  # one cell alone in group 3: it takes the pooled moments
     floor = mixture_optima.FLOOR * x.var(0).mean()
-    for g in range(3):
-        np.testing.assert_allclose(means[g], x[codes == g].mean(0))
-        np.testing.assert_allclose(variances[g], x[codes == g].var(0) + floor)
-    np.testing.assert_allclose(variances[3], x.var(0) + floor)
+    means, variances, shares = mixture_optima.label_gaussians(x, codes, 4)
+    _, covariances, _ = mixture_optima.label_gaussians(x, codes, 4, "full")
+    for g, cells in enumerate([x[codes == g] for g in range(3)] + [x]):
+        if g < 3: np.testing.assert_allclose(means[g], cells.mean(0))
+        np.testing.assert_allclose(variances[g], cells.var(0) + floor)
+        np.testing.assert_allclose(covariances[g], np.cov(cells.T, ddof=0) + floor * np.eye(2))
     np.testing.assert_allclose(shares, np.bincount(codes) / len(x))
 
 
-def test_separate_groups_are_the_mixtures_best_optimum(mixture_optima):
+def test_label_densities_are_scipys(mixture_optima):
+    from scipy.stats import multivariate_normal, norm
+    x, blob = _blobs([[0, 0], [8, 0], [0, 8]])
+    for covariance in mixture_optima.COVARIANCES:
+        means, covariances, shares = mixture_optima.label_gaussians(x, blob, 3, covariance)
+        expected = np.stack([np.log(share) + (norm(mean, np.sqrt(cov)).logpdf(x).sum(1) if covariance == "diag"
+                                              else multivariate_normal(mean, cov).logpdf(x))
+                             for mean, cov, share in zip(means, covariances, shares)], 1)
+        np.testing.assert_allclose(mixture_optima.log_densities(x, means, covariances, shares), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_separate_groups_are_the_mixtures_best_optimum(mixture_optima, covariance):
     x, blob = _blobs([[0, 0, 0], [10, 0, 0], [0, 10, 0]])
-    found = mixture_optima.optima(x, np.array(["a", "b", "c"])[blob], starts=3)
-    assert found["label_classes"] == found["labels_em"] == found["kmeans_em"] == 1.0
+    found = mixture_optima.optima(x, np.array(["a", "b", "c"])[blob], starts=3, covariance=covariance, own=2 - blob)
+    assert found["label_classes"] == found["labels_em"] == found["kmeans_em"] == found["own_em"] == 1.0
+    assert abs(found["own_em_loglik"] - found["labels_em_loglik"]) < mixture_optima.TIE
     assert found["beat_labels"] == 0 and abs(found["kmeans_em_best_loglik"] - found["labels_em_loglik"]) < mixture_optima.TIE
 
 
-def test_labels_that_merge_two_groups_and_split_one_are_a_lower_optimum(mixture_optima):
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_labels_that_merge_two_groups_and_split_one_are_a_lower_optimum(mixture_optima, covariance):
     # labels: blobs 0 and 1 as one type, blob 2 cut in two along its first axis. EM cannot leave that partition, and
     # every k-means start ends at the three blobs, a higher likelihood
     x, blob = _blobs([[0, 0, 0], [10, 0, 0], [0, 10, 0]])
     labels = np.where(blob < 2, "merged", np.where(x[:, 0] < 0, "left", "right"))
-    found = mixture_optima.optima(x, labels, starts=3)
+    found = mixture_optima.optima(x, labels, starts=3, covariance=covariance, own=blob)  # own clusters: the blobs
     assert found["beat_labels"] == found["starts"] == 3
+    assert found["own_em_loglik"] > found["labels_em_loglik"] + 0.1 and found["own_em"] == found["kmeans_em"]
     assert found["kmeans_em_best_loglik"] > found["labels_em_loglik"] + 0.1
     assert found["labels_em"] > 0.9 > found["kmeans_em"]
+
+
+def test_an_unknown_covariance_is_named(mixture_optima):
+    x, blob = _blobs([[0, 0], [8, 0]])
+    with pytest.raises(ValueError, match=r"covariance must be one of \('diag', 'full'\), got 'spherical'"):
+        mixture_optima.optima(x, blob, covariance="spherical")
