@@ -36,16 +36,21 @@ TIE = 1e-3  # nats per cell, EM's stopping tolerance (scikit-learn's `tol`): two
 FLOOR = 1e-3  # every component's variances are raised by this share of the mean variance of x (a type of one cell, or two alike, would collapse)
 
 
+def variance_floor(x: np.ndarray) -> float:
+    "What every component's variances are raised by: `FLOOR` times the mean variance of `x` (EM's `reg_covar`)."
+    return FLOOR * float(x.var(0).mean())
+
+
 COVARIANCES = ("diag", "full")  # the mixtures' covariances: scikit-learn's `covariance_type`
 
 
 def label_gaussians(x: np.ndarray, codes: np.ndarray, n_groups: int, covariance: str = "diag"
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Means, covariances and shares of the groups `codes` of `x`: variances (n_groups, d) with `covariance` 'diag', matrices (n_groups, d, d) with 'full'. A group too small to estimate its own (under 3 cells; under d + 2 with 'full') takes the pooled ones; every variance is raised by `FLOOR` times the mean pooled one."
+    "Means, covariances and shares of the groups `codes` of `x`: variances (n_groups, d) with `covariance` 'diag', matrices (n_groups, d, d) with 'full'. A group too small to estimate its own (under 3 cells; under d + 2 with 'full') takes the pooled ones; every variance is raised by `variance_floor`."
     full = covariance == "full"
     def moments(values: np.ndarray) -> np.ndarray: return np.atleast_2d(np.cov(values.T, bias=True)) if full else values.var(0)
     enough = x.shape[1] + 2 if full else 3
-    floor = FLOOR * x.var(0).mean() * (np.eye(x.shape[1]) if full else 1)
+    floor = variance_floor(x) * (np.eye(x.shape[1]) if full else 1)
     means = np.stack([x[codes == g].mean(0) for g in range(n_groups)])
     covariances = np.stack([moments(x[codes == g]) if (codes == g).sum() >= enough else moments(x) for g in range(n_groups)])
     return means, covariances + floor, np.bincount(codes, minlength=n_groups) / len(codes)
@@ -68,7 +73,7 @@ def em_from(x: np.ndarray, partition: np.ndarray, covariance: str = "diag", max_
     names, codes = np.unique(partition, return_inverse=True)
     means, covariances, shares = label_gaussians(x, codes, len(names), covariance)
     precisions = 1 / covariances if covariance == "diag" else np.linalg.inv(covariances)
-    fit = GaussianMixture(len(names), covariance_type=covariance, max_iter=max_iter, reg_covar=FLOOR * x.var(0).mean(),
+    fit = GaussianMixture(len(names), covariance_type=covariance, max_iter=max_iter, reg_covar=variance_floor(x),
                           weights_init=shares, means_init=means, precisions_init=precisions, random_state=0).fit(x)
     return fit, (means, covariances, shares)
 

@@ -65,7 +65,7 @@ def _blobs(centres, n=150, seed=0):
 def test_label_gaussians_are_the_groups_moments(mixture_optima):
     x, blob = _blobs([[0, 0], [8, 0], [0, 8]])
     codes = np.where(np.arange(len(x)) == 0, 3, blob)  # one cell alone in group 3: it takes the pooled moments
-    floor = mixture_optima.FLOOR * x.var(0).mean()
+    floor = mixture_optima.FLOOR * x.var(0).mean()  # of the pooled variances
     means, variances, shares = mixture_optima.label_gaussians(x, codes, 4)
     _, covariances, _ = mixture_optima.label_gaussians(x, codes, 4, "full")
     for g, cells in enumerate([x[codes == g] for g in range(3)] + [x]):
