@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/quality.py --datasets multiome cellbench --seeds 0 --methods gmvae pca
     .venv/bin/python benchmarks/quality.py --methods gmvae --fit max_epochs=200 --model learn_pi=True  # a candidate default
     .venv/bin/python benchmarks/quality.py --datasets multiome --per-label labels.csv   # kBET and batch ASW per cell type
+    .venv/bin/python benchmarks/quality.py --datasets cite multiome --n-clusters cite=10 multiome=7   # at a sweep's recommended K
     .venv/bin/python benchmarks/quality.py --summarise a.csv b.csv    # the tables of earlier runs' rows together, nothing trained
 
 What a user does: `GMVAE(adata, n_clusters=K, seed=s).fit()` with every other setting at its default, K the number of
@@ -193,6 +194,19 @@ def parse_setting(item: str) -> tuple[str, object]:
         raise ValueError(f"the value of {name} is neither a Python literal nor a plain word: {text!r}") from None
 
 
+def parse_n_clusters(items: list[str]) -> dict[str, int]:
+    "The GMVAE's K per data set from DATASET=K items (e.g. cite=10); a ValueError names an unknown data set or a K that is not a whole number of at least 1."
+    chosen = {}
+    for item in items:
+        dataset, equals, text = item.partition("=")
+        if not equals or dataset not in DATASETS:
+            raise ValueError(f"--n-clusters takes DATASET=K with DATASET one of {', '.join(DATASETS)}, e.g. cite=10; got {item!r}")
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"the K of {dataset} must be a whole number of at least 1, got {text!r}")
+        chosen[dataset] = int(text)
+    return chosen
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=[d for d in DATASETS if d != "bmmc10k"], choices=DATASETS)
@@ -204,6 +218,9 @@ def main():
                         help="settings passed to the GMVAE's fit, to measure a candidate default (e.g. max_epochs=200 init_mixture=gmm; a plain word that is not a Python literal is a string)")
     parser.add_argument("--model", nargs="+", default=[], metavar="NAME=VALUE",
                         help="architecture arguments passed to GMVAE, to measure a candidate default (e.g. learn_pi=True)")
+    parser.add_argument("--n-clusters", nargs="+", default=[], metavar="DATASET=K",
+                        help="the GMVAE's K on these data sets instead of their number of labelled groups (e.g. cite=10 multiome=7, "
+                             "a sweep's recommended K); the baselines' Leiden at K uses it too")
     parser.add_argument("--per-label", metavar="CSV", default=None,
                         help="also write each cell type's kBET, batch ASW and graph pieces to CSV (multi-batch sets), and print their summary")
     parser.add_argument("--summarise", nargs="+", metavar="CSV", default=None,
@@ -212,6 +229,7 @@ def main():
     if args.summarise:
         return summarise(read_rows(args.summarise))
     fit_settings, model_settings = (dict(parse_setting(item) for item in items) for items in (args.fit, args.model))
+    chosen_k = parse_n_clusters(args.n_clusters)
     import torch
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -225,7 +243,7 @@ def main():
     for dataset in args.datasets:
         for seed in args.seeds:
             adata = load(dataset, seed)
-            n_clusters = adata.obs["cell_type"].nunique()
+            n_clusters = chosen_k.get(dataset, adata.obs["cell_type"].nunique())
             for method in methods:
                 key, seconds, extra = embed(method, adata, n_clusters, seed, fit_settings, model_settings)
                 row = dict(dataset=dataset, method=method, seed=seed, n_clusters=n_clusters, n_cells=adata.n_obs,
@@ -256,10 +274,10 @@ def read_rows(paths: list[str]) -> pd.DataFrame:
     if len(twice):
         raise ValueError("these runs appear in more than one row of " + ", ".join(paths) + ": "
                          + "; ".join(sorted({f"{d} {m} seed {s}" for d, m, s in twice[["dataset", "method", "seed"]].itertuples(index=False)})))
-    settings = table[["fit_settings", "model_settings"]].fillna("").astype(str).agg(" | ".join, axis=1)
+    settings = table.reindex(columns=["fit_settings", "model_settings", "n_clusters"]).fillna("").astype(str).agg(" | ".join, axis=1)
     mixed = settings.groupby([table["dataset"], table["method"]]).nunique()
     if (mixed > 1).any():
-        raise ValueError("rows measured with different --fit/--model settings would be summarised together: "
+        raise ValueError("rows measured with different --fit/--model settings or K would be summarised together: "
                          + "; ".join(f"{d} {m}" for d, m in mixed[mixed > 1].index))
     return table
 

@@ -40,8 +40,20 @@ def test_a_malformed_setting_is_named(quality, item, message):
     with pytest.raises(ValueError, match=message): quality.parse_setting(item)
 
 
-def _rows(path, seed, fit_settings=""):
-    pd.DataFrame(dict(dataset=["multiome"], method=["gmvae"], seed=[seed], fit_settings=[fit_settings],
+@pytest.mark.parametrize("items, expected", [([], {}), (["cite=10", "multiome=7"], {"cite": 10, "multiome": 7})])
+def test_n_clusters_per_data_set(quality, items, expected):
+    assert quality.parse_n_clusters(items) == expected
+
+
+@pytest.mark.parametrize("item, message", [("cite", "--n-clusters takes DATASET=K with DATASET one of multiome, cite"),
+                                           ("pbmc=10", "got 'pbmc=10'"), ("cite=0", "the K of cite must be a whole number of at least 1, got '0'"),
+                                           ("cite=ten", "got 'ten'")])
+def test_a_malformed_n_clusters_is_named(quality, item, message):
+    with pytest.raises(ValueError, match=message): quality.parse_n_clusters([item])
+
+
+def _rows(path, seed, fit_settings="", n_clusters=21):
+    pd.DataFrame(dict(dataset=["multiome"], method=["gmvae"], seed=[seed], n_clusters=[n_clusters], fit_settings=[fit_settings],
                       model_settings=[""])).to_csv(path, index=False)
     return str(path)
 
@@ -50,8 +62,10 @@ def test_summarise_refuses_a_run_given_twice_or_measured_two_ways(quality, tmp_p
     first, again = _rows(tmp_path / "a.csv", 0), _rows(tmp_path / "b.csv", 0)
     with pytest.raises(ValueError, match="multiome gmvae seed 0"): quality.read_rows([first, again])
     other = _rows(tmp_path / "c.csv", 1, fit_settings="lr=0.002")
-    with pytest.raises(ValueError, match="different --fit/--model settings would be summarised together: multiome gmvae"):
+    with pytest.raises(ValueError, match="different --fit/--model settings or K would be summarised together: multiome gmvae"):
         quality.read_rows([first, other])
+    with pytest.raises(ValueError, match="or K would be summarised together: multiome gmvae"):
+        quality.read_rows([first, _rows(tmp_path / "e.csv", 1, n_clusters=7)])
     assert len(quality.read_rows([first, _rows(tmp_path / "d.csv", 1)])) == 2
 
 
