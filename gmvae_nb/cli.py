@@ -37,8 +37,8 @@ def simulate_command(args: argparse.Namespace) -> Path:
 NONE_SPELLINGS = {"layer": "X", "batch_key": "none", "label_key": "none", "init_mixture": "none", "choose_after": "none"}  # how the command line writes the library's None
 
 def _none_as(dest: str, kind: Callable = str, words: tuple[str, ...] = ()):
-    "An argparse type for the option of `dest`: the value given, as `kind` reads it; None for the word `NONE_SPELLINGS[dest]`; any of `words` as it is."
-    def value(text: str): return None if text == NONE_SPELLINGS[dest] else text if text in words else kind(text)
+    "An argparse type for the option of `dest`: the value given, as `kind` reads it; None for the word `NONE_SPELLINGS[dest]` (if `dest` has one); any of `words` as it is."
+    def value(text: str): return None if text == NONE_SPELLINGS.get(dest) else text if text in words else kind(text)
     value.__name__ = kind.__name__  # argparse names the type in its error for a value `kind` cannot read
     return value
 
@@ -119,6 +119,9 @@ FIT_OPTIONS = {  # options of fit alone -> argparse settings, with the library's
                                 help="stop once the validation -ELBO stops improving (default: on when obs['split'] has validation cells)"),
     ("--device",): dict(dest="device", help="auto, cpu, cuda or mps", default="auto"),
     ("--checkpoint-every",): dict(dest="checkpoint_every", type=int, help="epochs between checkpoints", default=1),
+    ("--n-jobs",): dict(dest="n_jobs", type=_none_as("n_jobs", int, words=("auto",)), default="auto",
+                        help="processes that train the restarts side by side, each on an equal share of the threads (auto: "
+                             "one per restart, up to the threads; 1: one by one)"),
 }
 
 # %% ../nbs/12_cli.ipynb #a2e31b03

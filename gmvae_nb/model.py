@@ -13,7 +13,7 @@ import math
 import tempfile
 import warnings
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import combinations
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,9 +24,10 @@ import pandas as pd
 import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
+from tqdm import tqdm
 
 from .data import check_cells_have_batches, check_counts, check_unique_genes, count_matrix
-from .distributed import gathered_from_processes, process_group, process_rank, select_device
+from .distributed import gathered_from_processes, process_group, process_rank, select_device, world_size
 from .elbo import TERMS, component_log_densities
 from .files import atomic_path, write_json_atomic
 from .loaders import CSRLoader, DiskRows, Minibatch, on_disk
@@ -38,8 +39,8 @@ __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MI
            'MIXING_EM_MIN_STEPS', 'ALIGNMENT_SHRINKAGE', 'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP',
            'ALIGNMENT_FILE', 'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start', 'continued_history', 'restart_seed',
            'final_neg_elbo', 'restart_agreement', 'choose_restart', 'mixing_em_every', 'em_mixing_weights',
-           'component_moments', 'batch_alignment', 'aligned_latent', 'default_choose_after',
-           'posterior_mixture_moments']
+           'component_moments', 'batch_alignment', 'aligned_latent', 'default_choose_after', 'RestartPlan',
+           'restart_groups', 'resolve_n_jobs', 'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -432,6 +433,132 @@ def _whole_number(value, at_least: int) -> bool:
     try: return not isinstance(value, (str, bool)) and int(value) == value and value >= at_least
     except (TypeError, ValueError, OverflowError): return False
 
+# %% ../nbs/11_model.ipynb #b7a1c0e1
+@dataclass(frozen=True)
+class RestartPlan:
+    "What the restarts of one `fit` share: the data, the settings and where screened restarts pause (picklable, for the processes that train restarts side by side)."
+    counts: object                 # the training data's counts, as `GMVAE._aligned_counts` gives them
+    codes: np.ndarray              # every cell's batch code
+    train: np.ndarray              # rows to train on
+    validation: np.ndarray | None  # rows to validate on, or None
+    config: TrainConfig            # the whole run's settings
+    warmup_epochs: float           # the whole run's KL warm-up, which its shorter phases keep
+    starts: list                   # per restart: "gmm" (a Gaussian mixture fitted to x after `init_epochs` epochs) or None
+    init_epochs: int
+    choose_after: int | None       # screened: each restart trains this many epochs from its mixture's start, checkpointed under `paused`; None: to the end
+    paused: str | None             # the folder of the screened restarts' checkpoints
+    steps_each_epoch: int          # EM steps that set π after an epoch past the warm-up (0: none) ...
+    every: int                     # ... after every `every`-th epoch
+    identity: dict                 # what a checkpoint of the run must match
+    device: str
+    progress: bool
+    on_epoch: Callable[[dict], None] | None
+    checkpoint_dir: str | Path | None = None  # a run that is not screened: its checkpoints (one restart only)
+    checkpoint_every: int = 1
+    resume: bool = False
+
+@patch
+def _train_run(self: GMVAE, run: dict, run_config: TrainConfig, label: str, plan: RestartPlan, **checkpointing) -> pd.DataFrame:
+    "Train `run`'s module, the model's module, from its mixture's start (or on from a checkpoint, as `checkpointing` says); its whole history."
+    before = run["before"]
+    def refit_mixing_past_warmup(epoch: dict):
+        "After an epoch whose KL weight has reached 1 and whose number `every` divides, π from the run's networks by `steps_each_epoch` EM steps, at the draws of the run's seed (a restart trains as the model of its seed)."
+        if epoch["kl_weight"] >= 1 and epoch["epoch"] % plan.every == 0:
+            self._refit_mixing_weights(plan.train, plan.steps_each_epoch, run["seed"])
+    history = fit_module(run["module"], plan.counts, plan.codes, plan.train, plan.validation, run_config, device=plan.device,
+                         seed=run["seed"] + len(self.history) + (0 if before is None else len(before)),
+                         progress=plan.progress, label=label, identity=plan.identity, on_epoch=plan.on_epoch,
+                         after_steps=refit_mixing_past_warmup if plan.steps_each_epoch else None, **checkpointing)
+    return history if before is None else continued_history(before, history)
+
+@patch
+def _train_restart(self: GMVAE, restart: int, plan: RestartPlan) -> dict:
+    "Restart `restart` of `fit` as the model's module: to the end, or screened to `plan.choose_after` epochs from its mixture's start and checkpointed there; its seed, module, label, pretraining and history, and with restarts its −ELBO and clusters."
+    n_init = len(plan.starts)
+    seed = restart_seed(self.seed, restart)
+    if restart: self.module = self._new_module(seed)  # the run trained is the model's module: the π refit and the restart's clusters read self.module
+    run = dict(seed=seed, module=self.module, before=None, label=f"restart {restart + 1}/{n_init}, " if n_init > 1 else "")
+    if plan.starts[restart] == "gmm":
+        run["before"] = fit_module(self.module, plan.counts, plan.codes, plan.train, plan.validation,
+                                   replace(plan.config, max_epochs=int(plan.init_epochs), warmup_epochs=plan.warmup_epochs,
+                                           early_stopping=False), device=plan.device,
+                                   seed=seed, progress=plan.progress, on_epoch=plan.on_epoch,
+                                   label=run["label"] + "before the mixture's initialisation, ")
+        self.module.set_mixture(*self._mixture_from_embedding(plan.train, seed))
+    if plan.choose_after is not None:  # to epoch `choose_after`, checkpointed there to train on if kept
+        run["history"] = self._train_run(run, replace(plan.config, max_epochs=plan.choose_after, warmup_epochs=plan.warmup_epochs),
+                                         run["label"], plan, checkpoint_dir=Path(plan.paused) / str(restart),
+                                         checkpoint_every=plan.choose_after)
+    else:
+        run["history"] = self._train_run(run, plan.config, run["label"], plan, checkpoint_dir=plan.checkpoint_dir,
+                                         checkpoint_every=plan.checkpoint_every, resume=plan.resume)
+    if n_init > 1: run.update(neg_elbo=final_neg_elbo(run["history"]), clusters=self._clusters(None))
+    return run
+
+
+# %% ../nbs/11_model.ipynb #b7a1c0e2
+def restart_groups(
+    costs: Sequence[float],  # per restart: the epochs it trains before the restarts are compared
+    n_jobs: int,  # processes
+) -> list[list[int]]:  # per process: its restarts, in order
+    "The restarts of `fit` dealt to `n_jobs` processes, the longest first, each to the process with the fewest epochs so far (the first of equals)."
+    groups, loads = [[] for _ in range(n_jobs)], [0.0] * n_jobs
+    for restart in sorted(range(len(costs)), key=lambda r: (-costs[r], r)):
+        process = loads.index(min(loads))
+        groups[process].append(restart)
+        loads[process] += costs[restart]
+    return [sorted(group) for group in groups if group]
+
+def _restarts_in_process(model: GMVAE, restarts: list[int], plan: RestartPlan, threads: int) -> list[dict]:
+    "Restarts `restarts` of `model.fit(...)`, trained in this (a worker) process on `threads` torch threads; each run with its module's state in place of the module."
+    torch.set_num_threads(threads)
+    return [run | dict(module=run["module"].state_dict()) for run in (model._train_restart(r, plan) for r in restarts)]
+
+@patch
+def _restarts_side_by_side(self: GMVAE, plan: RestartPlan, n_jobs: int, threads: int) -> list[dict]:
+    "Every restart of `plan`, trained in `n_jobs` worker processes (joblib's loky) of `threads` torch threads each; the runs in restart order, each with its module rebuilt here."
+    from joblib import Parallel, delayed
+    epochs = plan.choose_after or plan.config.resolved(len(plan.train), validation=False).max_epochs  # each restart's, from its mixture's start
+    costs = [(plan.init_epochs if start == "gmm" else 0) + epochs for start in plan.starts]
+    groups = restart_groups(costs, n_jobs)
+    runs = {}
+    with tqdm(total=len(plan.starts), disable=not plan.progress, unit="restart", dynamic_ncols=True,
+              desc=f"{len(plan.starts)} restarts in {len(groups)} processes of {threads} thread{'s' * (threads > 1)}") as bar:
+        for group, trained in zip(groups, Parallel(n_jobs=len(groups), backend="loky", return_as="generator")(
+                delayed(_restarts_in_process)(self, group, replace(plan, progress=False), threads) for group in groups)):
+            runs |= dict(zip(group, trained))
+            bar.update(len(group))
+    for run in runs.values():
+        module = self._new_module(run["seed"])
+        module.load_state_dict(run["module"])
+        run["module"] = module.eval()
+    return [runs[restart] for restart in range(len(plan.starts))]
+
+def resolve_n_jobs(
+    n_jobs: int | str,  # fit's n_jobs: "auto" or a whole number of at least 1
+    n_init: int,  # restarts
+    threads: int,  # this process's torch threads
+    obstacle: str | None = None,  # why the restarts cannot train in other processes (`GMVAE._side_by_side_obstacle`), or None
+) -> int:  # processes that train the restarts; 1: this one, one by one
+    "How many processes `fit(n_jobs=…)` trains its `n_init` restarts in: \"auto\", one per restart up to `threads`; never more than the restarts; 1 where there is an `obstacle` (a ValueError naming it where `n_jobs` asks for more)."
+    if not (n_jobs == "auto" or _whole_number(n_jobs, 1)):
+        raise ValueError(f"n_jobs must be \"auto\" or a whole number of at least 1, got {n_jobs!r}")
+    if obstacle is not None:
+        if n_jobs != "auto" and n_jobs > 1 and n_init > 1:
+            raise ValueError(f"n_jobs={n_jobs} trains the restarts in other processes, but {obstacle}: pass n_jobs=1")
+        return 1
+    return min(n_init, threads if n_jobs == "auto" else int(n_jobs))
+
+@patch
+def _side_by_side_obstacle(self: GMVAE, device: torch.device, on_epoch) -> str | None:
+    "Why `fit`'s restarts cannot train in other processes, or None if they can."
+    if device.type != "cpu": return f"they train on {device.type}"
+    if world_size() > 1: return "this process trains with others under torchrun"
+    if on_disk(count_matrix(self.adata, self.layer)): return "the counts are read from disk (backed mode)"
+    if on_epoch is not None: return "on_epoch is called in this process"
+    return None
+
+
 # %% ../nbs/11_model.ipynb #ad292ac0
 @patch
 @delegates(TrainConfig)
@@ -448,7 +575,8 @@ def fit(self: GMVAE,
         choose_after: int | str | None = "auto",  # with restarts: each trains this many epochs from its mixture's start, then only the kept one trains on; "auto": `default_choose_after` of the warm-up; None: every restart trains to the end
         mixing_em_steps: int = MIXING_EM_STEPS,  # EM steps that set π from the training cells after training (with learn_pi=False); 0: π stays uniform
         mixing_em_each_epoch: bool = True,  # set π also after every epoch past the KL warm-up (`MIXING_EM_STEPS_EACH_EPOCH` EM steps; every `mixing_em_every` epochs on small data), so the networks train on with it; False: π uniform until the end
-        on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs
+        on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs (the restarts then train one by one)
+        n_jobs: int | str = "auto",       # processes that train the restarts side by side, each on an equal share of torch's threads; "auto": as many as there are restarts and threads (one on a GPU, under torchrun, in backed mode or with on_epoch); 1: one by one in this process
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
     config = TrainConfig(**(SETTINGS[self.settings]["training"] | kwargs))
@@ -476,6 +604,8 @@ def fit(self: GMVAE,
         raise ValueError(f"mixing_em_steps must be a whole number of at least 0, got {mixing_em_steps!r}")
     if not isinstance(mixing_em_each_epoch, bool):
         raise ValueError(f"mixing_em_each_epoch must be True or False, got {mixing_em_each_epoch!r}")
+    n_jobs = resolve_n_jobs(n_jobs, n_init, torch.get_num_threads(), self._side_by_side_obstacle(select_device(device), on_epoch))
+    threads = max(1, torch.get_num_threads() // n_jobs)  # each process's share
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     self._refit_mixing_weights(None)  # π uniform until the warm-up's end, or throughout with mixing_em_each_epoch=False (unless learned)
     steps_each_epoch = MIXING_EM_STEPS_EACH_EPOCH if mixing_em_each_epoch and mixing_em_steps else 0  # EM steps that set π after each epoch past the warm-up
@@ -488,48 +618,19 @@ def fit(self: GMVAE,
     max_epochs, warmup_epochs = whole_run.max_epochs, whole_run.warmup_epochs  # the shorter phases keep the whole run's warm-up
     if choose_after == "auto": choose_after = default_choose_after(warmup_epochs)
     screened = n_init > 1 and choose_after is not None and choose_after < max_epochs
-    restarts = []  # per restart: its seed, module, label, pretraining and history; with n_init > 1 its −ELBO and clusters where compared
     with process_group(select_device(device)), (tempfile.TemporaryDirectory() if screened else nullcontext()) as paused:
-        def main_phase(run: dict, run_config: TrainConfig, label: str, **checkpointing) -> pd.DataFrame:
-            "Train `run`'s module from its mixture's start (or on from a checkpoint, as `checkpointing` says); its whole history."
-            before = run["before"]
-            def refit_mixing_past_warmup(epoch: dict):
-                "After an epoch whose KL weight has reached 1 and whose number `every` divides, π from the run's networks by `steps_each_epoch` EM steps, at the draws of the run's seed (a restart trains as the model of its seed)."
-                if epoch["kl_weight"] >= 1 and epoch["epoch"] % every == 0: self._refit_mixing_weights(train, steps_each_epoch, run["seed"])
-            history = fit_module(run["module"], counts, codes, train, validation, run_config, device=device,
-                                 seed=run["seed"] + len(self.history) + (0 if before is None else len(before)),
-                                 progress=progress, label=label, identity=identity, on_epoch=on_epoch,
-                                 after_steps=refit_mixing_past_warmup if steps_each_epoch else None, **checkpointing)
-            return history if before is None else continued_history(before, history)
-
-        for restart in range(n_init):
-            seed = restart_seed(self.seed, restart)
-            if restart: self.module = self._new_module(seed)  # the run trained is the model's module: the π refit and the restarts' clusters read self.module
-            run = dict(seed=seed, module=self.module, before=None, label=f"restart {restart + 1}/{n_init}, " if n_init > 1 else "")
-            if starts[restart] == "gmm":
-                run["before"] = fit_module(self.module, counts, codes, train, validation,
-                                           replace(config, max_epochs=int(init_epochs), warmup_epochs=warmup_epochs,
-                                                   early_stopping=False), device=device,
-                                           seed=seed, progress=progress, on_epoch=on_epoch,
-                                           label=run["label"] + "before the mixture's initialisation, ")
-                self.module.set_mixture(*self._mixture_from_embedding(train, seed))
-            if screened:  # to epoch `choose_after`, checkpointed there to train on if kept
-                run["history"] = main_phase(run, replace(config, max_epochs=int(choose_after), warmup_epochs=warmup_epochs),
-                                            run["label"], checkpoint_dir=Path(paused) / str(restart),
-                                            checkpoint_every=int(choose_after))
-            else:
-                run["history"] = main_phase(run, config, run["label"], checkpoint_dir=checkpoint_dir,
-                                            checkpoint_every=checkpoint_every, resume=resume)
-            if n_init > 1: run.update(neg_elbo=final_neg_elbo(run["history"]),
-                                      clusters=self._clusters(None))
-            restarts.append(run)
+        plan = RestartPlan(counts, codes, train, validation, config, warmup_epochs, starts, init_epochs,
+                           int(choose_after) if screened else None, paused, steps_each_epoch, every, identity, device,
+                           progress, on_epoch, checkpoint_dir, checkpoint_every, resume)
+        restarts = (self._restarts_side_by_side(plan, n_jobs, threads) if n_jobs > 1 else
+                    [self._train_restart(restart, plan) for restart in range(n_init)])
         scores = [run.get("neg_elbo") for run in restarts]
         agreements = restart_agreement([run.get("clusters") for run in restarts])
         chosen = gathered_from_processes(choose_restart(scores, agreements))[0]  # rank 0's: every process resumes the same restart
         kept = restarts[chosen]
         self.module = kept["module"]  # the model's module from here on, and the one trained on if the restarts were screened
-        if screened: kept["history"] = main_phase(kept, config, kept["label"] + "kept, ", resume=True,
-                                                  checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
+        if screened: kept["history"] = self._train_run(kept, config, kept["label"] + "kept, ", plan, resume=True,
+                                                       checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
     history = kept["history"]
     refitted = self._refit_mixing_weights(train, mixing_em_steps)
     self.batch_alignment = self._fit_batch_alignment(train)  # with π as set: the responsibilities are predict_proba's
@@ -540,7 +641,8 @@ def fit(self: GMVAE,
     if refitted: self.train_config |= dict(mixing_em_steps=int(mixing_em_steps),  # π set from the training cells after training (0: uniform)
                                            mixing_em_each_epoch=bool(steps_each_epoch))  # ... and after each epoch past the warm-up
     if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_agreement=agreements, restart_chosen=chosen,
-                                             restart_init_mixture=starts, restart_chosen_after=int(choose_after) if screened else None)
+                                             restart_init_mixture=starts, restart_chosen_after=int(choose_after) if screened else None,
+                                             n_jobs=n_jobs, restart_threads=threads if n_jobs > 1 else torch.get_num_threads())
     if "gmm" in starts: self.train_config |= dict(init_epochs=int(init_epochs))
     return self
 

@@ -18,7 +18,8 @@ from gmvae_nb.simulate import simulate
 from gmvae_nb.loaders import LOADER_THREAD, DiskRows, on_disk
 
 ARCHITECTURE = dict(n_clusters=3, n_x=8, n_w=4, encoder_hidden=(64, 32), decoder_hidden=(32, 64), beta_hidden=(32,))
-TRAINING = dict(max_epochs=2, n_samples=2, batch_size=64, device="cpu", progress=False)
+TRAINING = dict(max_epochs=2, n_samples=2, batch_size=64, device="cpu", progress=False,
+                n_jobs=1)  # backed, the restarts train one by one; so do those of the in-memory run compared with it
 
 
 def loader_threads() -> list[threading.Thread]:
@@ -51,6 +52,19 @@ def test_backed_run_equals_in_memory_run(h5ad_path):
     np.testing.assert_array_equal(disk.predict_proba(), memory.predict_proba())
     np.testing.assert_array_equal(backed.obsm["X_gmvae"], memory.adata.obsm["X_gmvae"])
     assert loader_threads() == []
+
+
+def test_backed_restarts_train_one_by_one(h5ad_path):
+    "Worker processes would each need the counts in memory: backed, `n_jobs=\"auto\"` trains the restarts here, and more processes asked for are refused."
+    model = GMVAE(ad.read_h5ad(h5ad_path, backed="r"), layer=None, seed=0, **ARCHITECTURE)
+    with pytest.raises(ValueError, match=r"n_jobs=2 trains the restarts in other processes, but the counts are read from disk \(backed mode\): pass n_jobs=1"):
+        model.fit(**TRAINING | dict(n_jobs=2))
+    assert len(model.history) == 0  # refused before any training
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # threads for two processes: in memory, "auto" would train the restarts in two
+    try: model.fit(**TRAINING | dict(n_jobs="auto"))
+    finally: torch.set_num_threads(threads)
+    assert (model.train_config["n_init"], model.train_config["n_jobs"], model.train_config["restart_threads"]) == (3, 1, 2)
 
 
 def test_loader_thread_runs_during_a_pass_and_ends_with_it(h5ad_path):
