@@ -550,11 +550,11 @@ def resolve_n_jobs(
     return min(n_init, threads if n_jobs == "auto" else int(n_jobs))
 
 @patch
-def _side_by_side_obstacle(self: GMVAE, device: torch.device, on_epoch) -> str | None:
-    "Why `fit`'s restarts cannot train in other processes, or None if they can."
+def _side_by_side_obstacle(self: GMVAE, device: torch.device, counts, on_epoch) -> str | None:
+    "Why `fit`'s restarts on `device`, of `counts` (`_aligned_counts`), cannot train in other processes, or None if they can."
     if device.type != "cpu": return f"they train on {device.type}"
     if world_size() > 1: return "this process trains with others under torchrun"
-    if on_disk(count_matrix(self.adata, self.layer)): return "the counts are read from disk (backed mode)"
+    if on_disk(counts): return "the counts are read from disk (backed mode)"
     if on_epoch is not None: return "on_epoch is called in this process"
     return None
 
@@ -604,9 +604,9 @@ def fit(self: GMVAE,
         raise ValueError(f"mixing_em_steps must be a whole number of at least 0, got {mixing_em_steps!r}")
     if not isinstance(mixing_em_each_epoch, bool):
         raise ValueError(f"mixing_em_each_epoch must be True or False, got {mixing_em_each_epoch!r}")
-    n_jobs = resolve_n_jobs(n_jobs, n_init, torch.get_num_threads(), self._side_by_side_obstacle(select_device(device), on_epoch))
-    threads = max(1, torch.get_num_threads() // n_jobs)  # each process's share
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
+    n_jobs = resolve_n_jobs(n_jobs, n_init, torch.get_num_threads(), self._side_by_side_obstacle(select_device(device), counts, on_epoch))
+    threads = max(1, torch.get_num_threads() // n_jobs)  # each process's share (all of them with n_jobs=1)
     self._refit_mixing_weights(None)  # π uniform until the warm-up's end, or throughout with mixing_em_each_epoch=False (unless learned)
     steps_each_epoch = MIXING_EM_STEPS_EACH_EPOCH if mixing_em_each_epoch and mixing_em_steps else 0  # EM steps that set π after each epoch past the warm-up
     every = mixing_em_every(len(train), config.batch_size)  # ... after every epoch, or every few on small data
@@ -642,7 +642,7 @@ def fit(self: GMVAE,
                                            mixing_em_each_epoch=bool(steps_each_epoch))  # ... and after each epoch past the warm-up
     if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_agreement=agreements, restart_chosen=chosen,
                                              restart_init_mixture=starts, restart_chosen_after=int(choose_after) if screened else None,
-                                             n_jobs=n_jobs, restart_threads=threads if n_jobs > 1 else torch.get_num_threads())
+                                             n_jobs=n_jobs, restart_threads=threads)
     if "gmm" in starts: self.train_config |= dict(init_epochs=int(init_epochs))
     return self
 
