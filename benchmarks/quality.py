@@ -23,7 +23,9 @@ Data sets (all read or made here; the real ones from ../shared/data, never copie
 * `cellbench`: CellBench RNA mixture, two technologies, 7 groups, 2,000 highly variable genes;
 * `default`: the package's `default` simulation preset (2,000 cells × 1,000 genes, 10 types, 4 batches);
 * `recovery`: 8 equally frequent, clearly different types, 4 batches (as `tests/test_model.py`), data seed = seed;
-* `bmmc10k`: the `bmmc` simulation preset at 10,000 cells, 2,000 highly variable genes (slow: minutes per method).
+* `bmmc10k`: the `bmmc` simulation preset at 10,000 cells, 2,000 highly variable genes (slow: minutes per method);
+* `bmmc`, `bmmc_hvg`: the `bmmc` preset at the target's full size (69,249 cells × 13,431 genes; `bmmc_hvg` its 2,000
+  highly variable genes), for `restart_processes.py`'s memory figures (hours per method with the defaults).
 
 It prints one row per data set × method × seed as it goes, then the medians over seeds and the issue's checks
 (own-cluster ARI against Leiden r=1 on PCA and scVI, best NMI / k-means ARI against the better baseline, batch ASW
@@ -41,7 +43,8 @@ import numpy as np
 import pandas as pd
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DATASETS = ("multiome", "cite", "cellbench", "default", "recovery", "bmmc10k")
+DATASETS = ("multiome", "cite", "cellbench", "default", "recovery", "bmmc10k", "bmmc", "bmmc_hvg")
+SMALL_DATASETS = DATASETS[:5]  # the default run's: seconds to a minute per fit
 METHODS = ("gmvae", "blog", "pca", "scvi")
 RECOVERY_DATA = dict(n_types=8, n_batches=4, n_cells=2000, n_genes=500, type_weights=(1.0,) * 10, type_de_prob=0.2,
                      type_de_loc=1.5)
@@ -57,6 +60,8 @@ def load(name: str, seed: int):
     elif name == "default": adata = simulate("default", seed=0)
     elif name == "recovery": adata = simulate("default", seed=seed, **RECOVERY_DATA)
     elif name == "bmmc10k": adata = select_genes(simulate("bmmc", n_cells=10_000, seed=0), n_top_genes=2000)
+    elif name == "bmmc": adata = simulate("bmmc", seed=0)
+    elif name == "bmmc_hvg": adata = select_genes(simulate("bmmc", seed=0), n_top_genes=2000)
     else: raise ValueError(f"unknown data set {name!r}; choose from {DATASETS}")
     return split(adata, seed=0)
 
@@ -209,7 +214,7 @@ def parse_n_clusters(items: list[str]) -> dict[str, int]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=[d for d in DATASETS if d != "bmmc10k"], choices=DATASETS)
+    parser.add_argument("--datasets", nargs="+", default=list(SMALL_DATASETS), choices=DATASETS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")

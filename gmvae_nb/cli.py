@@ -121,7 +121,7 @@ FIT_OPTIONS = {  # options of fit alone -> argparse settings, with the library's
     ("--checkpoint-every",): dict(dest="checkpoint_every", type=int, help="epochs between checkpoints", default=1),
     ("--n-jobs",): dict(dest="n_jobs", type=_none_as("n_jobs", int, words=("auto",)), default="auto",
                         help="processes that train the restarts side by side, each on an equal share of the threads (auto: "
-                             "one per restart, up to the threads; 1: one by one)"),
+                             "one per restart, up to the threads, or one by one where they would need over half the memory available; 1: one by one)"),
 }
 
 # %% ../nbs/12_cli.ipynb #a2e31b03

@@ -7,6 +7,7 @@ Docs: https://gmvae-nb.github.io/gmvae-nb/model.html.md"""
 # %% ../nbs/11_model.ipynb #35af50c7
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -21,6 +22,7 @@ from typing import Callable, Sequence
 import anndata as ad
 import numpy as np
 import pandas as pd
+import psutil
 import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
@@ -36,11 +38,13 @@ from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MIXING_EM_STEPS', 'MIXING_EM_STEPS_EACH_EPOCH',
-           'MIXING_EM_MIN_STEPS', 'ALIGNMENT_SHRINKAGE', 'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP',
-           'ALIGNMENT_FILE', 'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start', 'continued_history', 'restart_seed',
-           'final_neg_elbo', 'restart_agreement', 'choose_restart', 'mixing_em_every', 'em_mixing_weights',
-           'component_moments', 'batch_alignment', 'aligned_latent', 'default_choose_after', 'RestartPlan',
-           'restart_groups', 'resolve_n_jobs', 'posterior_mixture_moments']
+           'MIXING_EM_MIN_STEPS', 'EM_CHUNK_ENTRIES', 'ALIGNMENT_SHRINKAGE', 'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS',
+           'CHOOSE_AFTER_WARMUP', 'WORKER_MEMORY', 'SIDE_BY_SIDE_MEMORY_SHARE', 'ALIGNMENT_FILE', 'GMVAE',
+           'fits_mixture_on_x', 'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo',
+           'restart_agreement', 'choose_restart', 'mixing_em_every', 'em_mixing_weights', 'component_moments',
+           'batch_alignment', 'aligned_latent', 'default_choose_after', 'RestartPlan', 'restart_groups', 'stored_bytes',
+           'side_by_side_memory', 'cgroup_memory_left', 'available_memory', 'resolve_n_jobs',
+           'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _check_counts(adata: ad.AnnData, layer: str | None):
@@ -314,16 +318,21 @@ def mixing_em_every(n_cells: int, batch_size: int) -> int:
     "Epochs between two per-epoch π steps of `fit` on `n_cells` training cells: 1, or as many as it takes to train `MIXING_EM_MIN_STEPS` minibatches of `batch_size`."
     return math.ceil(MIXING_EM_MIN_STEPS / math.ceil(n_cells / batch_size))
 
+EM_CHUNK_ENTRIES = 2**22  # entries of the log densities that an EM step takes to float64 at a time (32 MiB)
+
 def em_mixing_weights(
     log_densities: np.ndarray | torch.Tensor,  # (cells, draws, K) log N(x; μ_k(w), σ_k²(w)) at each draw
     steps: int = MIXING_EM_STEPS,
+    chunk_entries: int = EM_CHUNK_ENTRIES,  # entries computed on at a time: the memory a step needs beyond `log_densities`
 ) -> np.ndarray:  # (K,) π, summing to 1
-    "Mixture weights after `steps` EM steps from uniform, each π_k ← the mean over cells and draws of softmax_k(log π_k + log N_k)."
-    log_densities = torch.as_tensor(log_densities, dtype=torch.float64)
+    "Mixture weights after `steps` EM steps from uniform, each π_k ← the mean over cells and draws of softmax_k(log π_k + log N_k), summed in float64 over chunks of whole cells."
+    log_densities = torch.as_tensor(log_densities)
     n_cells, n_draws, n_clusters = log_densities.shape
+    chunks = log_densities.split(max(1, chunk_entries // (n_draws * n_clusters)))
     log_pi = torch.full((n_clusters,), -math.log(n_clusters), dtype=torch.float64)
-    for _ in range(steps):
-        log_pi = torch.logsumexp(torch.log_softmax(log_densities + log_pi, dim=-1), dim=(0, 1)) - math.log(n_cells * n_draws)
+    for _ in range(steps):  # per chunk log Σ softmax, then their log-sum: exactly the one-chunk sum where one chunk holds every cell
+        per_chunk = [torch.logsumexp(torch.log_softmax(chunk.to(torch.float64) + log_pi, dim=-1), dim=(0, 1)) for chunk in chunks]
+        log_pi = torch.logsumexp(torch.stack(per_chunk), dim=0) - math.log(n_cells * n_draws)
     return log_pi.exp().numpy()
 
 # %% ../nbs/11_model.ipynb #a1f3c0d4
@@ -515,9 +524,19 @@ def _restarts_in_process(model: GMVAE, restarts: list[int], plan: RestartPlan, t
     return [run | dict(module=run["module"].state_dict()) for run in (model._train_restart(r, plan) for r in restarts)]
 
 @patch
+def _for_training(self: GMVAE, counts) -> GMVAE:
+    "A shallow copy of the model whose `adata` holds only what training reads: `counts` (`_aligned_counts` of the training data), the batch column and the cell and gene names. The worker processes get it, and so no copy of the rest of the user's object (an X beside the counts, other layers, `obsm`, `uns`)."
+    trainer = copy.copy(self)
+    obs = self.adata.obs[[self.batch_key]] if self.batch_key is not None else pd.DataFrame(index=self.adata.obs_names)
+    matrices = dict(X=counts) if self.layer is None else dict(layers={self.layer: counts})
+    trainer.adata = ad.AnnData(obs=obs, var=pd.DataFrame(index=self.genes), **matrices)
+    return trainer
+
+@patch
 def _restarts_side_by_side(self: GMVAE, plan: RestartPlan, n_jobs: int, threads: int) -> list[dict]:
     "Every restart of `plan`, trained in `n_jobs` worker processes (joblib's loky) of `threads` torch threads each; the runs in restart order, each with its module rebuilt here."
     from joblib import Parallel, delayed
+    trainer = self._for_training(plan.counts)  # joblib memory-maps the counts once for all workers
     epochs = plan.choose_after or plan.config.resolved(len(plan.train), validation=False).max_epochs  # each restart's, from its mixture's start
     costs = [(plan.init_epochs if start == "gmm" else 0) + epochs for start in plan.starts]
     groups = restart_groups(costs, n_jobs)
@@ -525,7 +544,7 @@ def _restarts_side_by_side(self: GMVAE, plan: RestartPlan, n_jobs: int, threads:
     with tqdm(total=len(plan.starts), disable=not plan.progress, unit="restart", dynamic_ncols=True,
               desc=f"{len(plan.starts)} restarts in {len(groups)} processes of {threads} thread{'s' * (threads > 1)}") as bar:
         for group, trained in zip(groups, Parallel(n_jobs=len(groups), backend="loky", return_as="generator")(
-                delayed(_restarts_in_process)(self, group, replace(plan, progress=False), threads) for group in groups)):
+                delayed(_restarts_in_process)(trainer, group, replace(plan, progress=False), threads) for group in groups)):
             runs |= dict(zip(group, trained))
             bar.update(len(group))
     for run in runs.values():
@@ -534,20 +553,61 @@ def _restarts_side_by_side(self: GMVAE, plan: RestartPlan, n_jobs: int, threads:
         run["module"] = module.eval()
     return [runs[restart] for restart in range(len(plan.starts))]
 
+WORKER_MEMORY = 2**30  # bytes of memory a worker process of `fit` takes beside the counts it shares, at most: torch and its restarts' training (0.35–0.5 GiB measured up to the target's size)
+SIDE_BY_SIDE_MEMORY_SHARE = 0.5  # n_jobs="auto" trains side by side where that takes at most this share of the memory available
+
+def stored_bytes(matrix) -> int:
+    "Bytes that a count matrix holds in memory: a dense array's, a sparse matrix's values and indices; 0 for counts on disk."
+    return sum(int(getattr(matrix, name).nbytes) for name in ("data", "indices", "indptr", "row", "col") if hasattr(matrix, name)) \
+        if hasattr(matrix, "nnz") else int(getattr(matrix, "nbytes", 0))
+
+def side_by_side_memory(counts_bytes: int, processes: int) -> int:
+    "Bytes that training the restarts in `processes` worker processes takes beyond training them one by one: one more copy of the counts, which joblib memory-maps for all the workers, and `WORKER_MEMORY` each."
+    return counts_bytes + processes * WORKER_MEMORY
+
+def cgroup_memory_left(
+    proc_cgroup: str | Path = "/proc/self/cgroup",  # the process's cgroups
+    root: str | Path = "/sys/fs/cgroup",  # where the cgroup file systems are mounted
+) -> int | None:  # bytes
+    "What the memory limit of this process's cgroup leaves of it (cgroup v2, or v1's memory controller): a container's or a Slurm job's limit, which the machine's figures do not show; None where there is none or nothing can be read."
+    try: lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError: return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "": folder, files = Path(root), ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","): folder, files = Path(root) / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else: continue
+        for cgroup in (folder / path.lstrip("/"), folder):  # the process's own, or the root that a container sees as its own
+            try: limit, usage = (int((cgroup / name).read_text()) for name in files)
+            except (OSError, ValueError): continue  # not there, or v2's "max"
+            if limit < 2**60: return max(0, limit - usage)  # v1 writes "no limit" as a number near 2**63
+    return None
+
+def available_memory() -> int:
+    "Bytes of memory this process can still take: psutil's available memory, or less where its cgroup's limit leaves less (`cgroup_memory_left`)."
+    available, left = psutil.virtual_memory().available, cgroup_memory_left()
+    return available if left is None else min(available, left)
+
 def resolve_n_jobs(
     n_jobs: int | str,  # fit's n_jobs: "auto" or a whole number of at least 1
     n_init: int,  # restarts
     threads: int,  # this process's torch threads
     obstacle: str | None = None,  # why the restarts cannot train in other processes (`GMVAE._side_by_side_obstacle`), or None
+    counts_bytes: int = 0,  # the training counts' bytes (`stored_bytes`)
+    memory_available: int | None = None,  # bytes of memory available (`available_memory()`); None: not considered
 ) -> int:  # processes that train the restarts; 1: this one, one by one
-    "How many processes `fit(n_jobs=…)` trains its `n_init` restarts in: \"auto\", one per restart up to `threads`; never more than the restarts; 1 where there is an `obstacle` (a ValueError naming it where `n_jobs` asks for more)."
+    "How many processes `fit(n_jobs=…)` trains its `n_init` restarts in: \"auto\", one per restart up to `threads`, or 1 where they would take more than `SIDE_BY_SIDE_MEMORY_SHARE` of `memory_available` (`side_by_side_memory`); never more than the restarts; 1 where there is an `obstacle` (a ValueError naming it where `n_jobs` asks for more)."
     if not (n_jobs == "auto" or _whole_number(n_jobs, 1)):
         raise ValueError(f"n_jobs must be \"auto\" or a whole number of at least 1, got {n_jobs!r}")
     if obstacle is not None:
         if n_jobs != "auto" and n_jobs > 1 and n_init > 1:
             raise ValueError(f"n_jobs={n_jobs} trains the restarts in other processes, but {obstacle}: pass n_jobs=1")
         return 1
-    return min(n_init, threads if n_jobs == "auto" else int(n_jobs))
+    processes = min(n_init, threads if n_jobs == "auto" else int(n_jobs))
+    if n_jobs == "auto" and processes > 1 and memory_available is not None \
+            and side_by_side_memory(counts_bytes, processes) > SIDE_BY_SIDE_MEMORY_SHARE * memory_available:
+        return 1
+    return processes
 
 @patch
 def _side_by_side_obstacle(self: GMVAE, device: torch.device, counts, on_epoch) -> str | None:
@@ -576,7 +636,7 @@ def fit(self: GMVAE,
         mixing_em_steps: int = MIXING_EM_STEPS,  # EM steps that set π from the training cells after training (with learn_pi=False); 0: π stays uniform
         mixing_em_each_epoch: bool = True,  # set π also after every epoch past the KL warm-up (`MIXING_EM_STEPS_EACH_EPOCH` EM steps; every `mixing_em_every` epochs on small data), so the networks train on with it; False: π uniform until the end
         on_epoch: Callable[[dict], None] | None = None,  # called after each epoch with its history row and max_epochs (the restarts then train one by one)
-        n_jobs: int | str = "auto",       # processes that train the restarts side by side, each on an equal share of torch's threads; "auto": as many as there are restarts and threads (one on a GPU, under torchrun, in backed mode or with on_epoch); 1: one by one in this process
+        n_jobs: int | str = "auto",       # processes that train the restarts side by side, each on an equal share of torch's threads; "auto": as many as there are restarts and threads (one on a GPU, under torchrun, in backed mode, with on_epoch, or where the workers would take over half the memory available); 1: one by one in this process
         **kwargs) -> GMVAE:               # the settings of `TrainConfig` (max_epochs, batch_size, n_samples, lr, …)
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
     config = TrainConfig(**(SETTINGS[self.settings]["training"] | kwargs))
@@ -605,7 +665,8 @@ def fit(self: GMVAE,
     if not isinstance(mixing_em_each_epoch, bool):
         raise ValueError(f"mixing_em_each_epoch must be True or False, got {mixing_em_each_epoch!r}")
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
-    n_jobs = resolve_n_jobs(n_jobs, n_init, torch.get_num_threads(), self._side_by_side_obstacle(select_device(device), counts, on_epoch))
+    n_jobs = resolve_n_jobs(n_jobs, n_init, torch.get_num_threads(), self._side_by_side_obstacle(select_device(device), counts, on_epoch),
+                            stored_bytes(counts), available_memory())
     threads = max(1, torch.get_num_threads() // n_jobs)  # each process's share (all of them with n_jobs=1)
     self._refit_mixing_weights(None)  # π uniform until the warm-up's end, or throughout with mixing_em_each_epoch=False (unless learned)
     steps_each_epoch = MIXING_EM_STEPS_EACH_EPOCH if mixing_em_each_epoch and mixing_em_steps else 0  # EM steps that set π after each epoch past the warm-up
