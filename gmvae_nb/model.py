@@ -558,6 +558,7 @@ SIDE_BY_SIDE_MEMORY_SHARE = 0.5  # n_jobs="auto" trains side by side where that 
 
 def stored_bytes(matrix) -> int:
     "Bytes that a count matrix holds in memory: a dense array's, a sparse matrix's values and indices; 0 for counts on disk."
+    if on_disk(matrix): return 0
     return sum(int(getattr(matrix, name).nbytes) for name in ("data", "indices", "indptr", "row", "col") if hasattr(matrix, name)) \
         if hasattr(matrix, "nnz") else int(getattr(matrix, "nbytes", 0))
 
@@ -569,19 +570,22 @@ def cgroup_memory_left(
     proc_cgroup: str | Path = "/proc/self/cgroup",  # the process's cgroups
     root: str | Path = "/sys/fs/cgroup",  # where the cgroup file systems are mounted
 ) -> int | None:  # bytes
-    "What the memory limit of this process's cgroup leaves of it (cgroup v2, or v1's memory controller): a container's or a Slurm job's limit, which the machine's figures do not show; None where there is none or nothing can be read."
+    "What the memory limits of this process's cgroup and those above it leave, the least of them (cgroup v2, or v1's memory controller): a container's or a Slurm job's limit, which the machine's figures do not show; None where there is none or nothing can be read."
     try: lines = Path(proc_cgroup).read_text().splitlines()
     except OSError: return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
+    left = []
+    for fields in (line.split(":", 2) for line in lines):
+        if len(fields) != 3: continue  # not a cgroup line
+        _, controllers, path = fields
         if controllers == "": folder, files = Path(root), ("memory.max", "memory.current")
         elif "memory" in controllers.split(","): folder, files = Path(root) / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
         else: continue
-        for cgroup in (folder / path.lstrip("/"), folder):  # the process's own, or the root that a container sees as its own
-            try: limit, usage = (int((cgroup / name).read_text()) for name in files)
-            except (OSError, ValueError): continue  # not there, or v2's "max"
-            if limit < 2**60: return max(0, limit - usage)  # v1 writes "no limit" as a number near 2**63
-    return None
+        parts = Path(path.lstrip("/")).parts
+        for depth in range(len(parts), -1, -1):  # the process's own cgroup, each one above it (a Slurm job's above its steps'), the root
+            try: limit, usage = (int((folder.joinpath(*parts[:depth]) / name).read_text()) for name in files)
+            except (OSError, ValueError): continue  # not there (a container sees its own cgroup as the root), or v2's "max"
+            if limit < 2**60: left.append(max(0, limit - usage))  # v1 writes "no limit" as a number near 2**63
+    return min(left, default=None)
 
 def available_memory() -> int:
     "Bytes of memory this process can still take: psutil's available memory, or less where its cgroup's limit leaves less (`cgroup_memory_left`)."
