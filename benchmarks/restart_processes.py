@@ -34,18 +34,20 @@ from quality import DATASETS, SMALL_DATASETS, parse_n_clusters, parse_setting  #
 
 
 def memory_in_use() -> int:
-    "Bytes of the machine's memory in use: MemTotal − MemAvailable (processes, shared memory, files held in memory)."
-    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-    return (int(fields["MemTotal"].split()[0]) - int(fields["MemAvailable"].split()[0])) * 1024
+    "Bytes of the machine's memory in use: psutil's total less available (Linux's MemTotal − MemAvailable: processes, shared memory, files held in memory)."
+    import psutil
+    memory = psutil.virtual_memory()
+    return memory.total - memory.available
 
 
 @contextmanager
 def memory_taken(every: float = 0.05):
     "Yields a dict: 'before', `memory_in_use` as the block starts, once this process's garbage is freed and its heap trimmed; 'bytes', once it ends, the peak while it ran (sampled every `every` s) less that before."
-    import ctypes
     import gc
+    from gmvae_nb.train import _glibc
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what loading left for the allocator to reuse, given back
+    libc = _glibc()
+    if libc is not None: libc.malloc_trim(0)  # what loading left for the allocator to reuse, given back
     before = memory_in_use()
     taken, done = dict(before=before, bytes=0), threading.Event()
     def sample():

@@ -559,8 +559,8 @@ SIDE_BY_SIDE_MEMORY_SHARE = 0.5  # n_jobs="auto" trains side by side where that 
 def stored_bytes(matrix) -> int:
     "Bytes that a count matrix holds in memory: a dense array's, a sparse matrix's values and indices; 0 for counts on disk."
     if on_disk(matrix): return 0
-    return sum(int(getattr(matrix, name).nbytes) for name in ("data", "indices", "indptr", "row", "col") if hasattr(matrix, name)) \
-        if hasattr(matrix, "nnz") else int(getattr(matrix, "nbytes", 0))
+    if not hasattr(matrix, "nnz"): return int(matrix.nbytes)  # dense
+    return sum(int(getattr(matrix, name).nbytes) for name in ("data", "indices", "indptr", "row", "col") if hasattr(matrix, name))
 
 def side_by_side_memory(counts_bytes: int, processes: int) -> int:
     "Bytes that training the restarts in `processes` worker processes takes beyond training them one by one: one more copy of the counts, which joblib memory-maps for all the workers, and `WORKER_MEMORY` each."
@@ -669,9 +669,10 @@ def fit(self: GMVAE,
     if not isinstance(mixing_em_each_epoch, bool):
         raise ValueError(f"mixing_em_each_epoch must be True or False, got {mixing_em_each_epoch!r}")
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
-    n_jobs = resolve_n_jobs(n_jobs, n_init, torch.get_num_threads(), self._side_by_side_obstacle(select_device(device), counts, on_epoch),
+    trains_on, all_threads = select_device(device), torch.get_num_threads()
+    n_jobs = resolve_n_jobs(n_jobs, n_init, all_threads, self._side_by_side_obstacle(trains_on, counts, on_epoch),
                             stored_bytes(counts), available_memory())
-    threads = max(1, torch.get_num_threads() // n_jobs)  # each process's share (all of them with n_jobs=1)
+    threads = max(1, all_threads // n_jobs)  # each process's share (all of them with n_jobs=1)
     self._refit_mixing_weights(None)  # π uniform until the warm-up's end, or throughout with mixing_em_each_epoch=False (unless learned)
     steps_each_epoch = MIXING_EM_STEPS_EACH_EPOCH if mixing_em_each_epoch and mixing_em_steps else 0  # EM steps that set π after each epoch past the warm-up
     every = mixing_em_every(len(train), config.batch_size)  # ... after every epoch, or every few on small data
@@ -683,7 +684,7 @@ def fit(self: GMVAE,
     max_epochs, warmup_epochs = whole_run.max_epochs, whole_run.warmup_epochs  # the shorter phases keep the whole run's warm-up
     if choose_after == "auto": choose_after = default_choose_after(warmup_epochs)
     screened = n_init > 1 and choose_after is not None and choose_after < max_epochs
-    with process_group(select_device(device)), (tempfile.TemporaryDirectory() if screened else nullcontext()) as paused:
+    with process_group(trains_on), (tempfile.TemporaryDirectory() if screened else nullcontext()) as paused:
         plan = RestartPlan(counts, codes, train, validation, config, warmup_epochs, starts, init_epochs,
                            int(choose_after) if screened else None, paused, steps_each_epoch, every, identity, device,
                            progress, on_epoch, checkpoint_dir, checkpoint_every, resume)
