@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['LOG_2PI', 'LOGVAR_RANGE', 'TERMS', 'kl_standard_normal', 'normal_log_prob', 'normal_entropy', 'kl_normal',
-           'component_log_densities', 'surrogate_cond', 'elbo_terms', 'neg_elbo_marginal', 'loss']
+__all__ = ['LOG_2PI', 'LOGVAR_RANGE', 'TERMS', 'RESPONSIBILITY_FLOOR', 'kl_standard_normal', 'normal_log_prob', 'normal_entropy',
+           'kl_normal', 'component_log_densities', 'surrogate_cond', 'log_responsibilities', 'elbo_terms',
+           'neg_elbo_marginal', 'loss']
 
 # %% ../nbs/05_elbo.ipynb #cfd9d627
 LOG_2PI = math.log(2 * math.pi)
@@ -68,6 +69,16 @@ def surrogate_cond(
     kl_per_component = kl_normal(x_mean[:, None, :], x_logvar[:, None, :], prior_mean, prior_logvar)  # (M, B, K)
     return (log_r.exp() * kl_per_component).sum(-1).mean(0)
 
+# %% ../nbs/05_elbo.ipynb #e4b1f7a2
+RESPONSIBILITY_FLOOR = 40.0  # nats: no responsibility below e^-40 of the largest (see above); math.inf: the exact softmax
+
+def log_responsibilities(
+    u: Tensor,  # (..., K) u_k = log π_k + log N_k
+    responsibility_floor: float = RESPONSIBILITY_FLOOR,  # nats below the largest u_k at which the responsibilities stop
+) -> Tensor:  # (..., K) log r, each row's softmax
+    "log r = log_softmax(u) with every u_k raised to at most `responsibility_floor` nats below the row's largest."
+    return torch.log_softmax(torch.maximum(u, u.detach().amax(-1, keepdim=True) - responsibility_floor), dim=-1)
+
 # %% ../nbs/05_elbo.ipynb #13a840c1
 def elbo_terms(
     log_likelihood: Tensor,  # (M, B) log p(y | x⁽ⁱ⁾, s) at each sample
@@ -80,10 +91,11 @@ def elbo_terms(
     prior_logvar: Tensor,  # (M, B, K, n_x) log σ_k²(w⁽ⁱ⁾)
     log_pi: Tensor,  # (K,) log mixture weights
     conditional_prior: str = "exact",  # "exact", or the paper's "surrogate" (see `surrogate_cond`)
+    responsibility_floor: float = RESPONSIBILITY_FLOOR,  # nats below the largest u_k at which the responsibilities stop
 ) -> dict[str, Tensor]:  # rec, kl_w, kl_z, cond: (B,) each; proba: (B, K)
     "Per-cell terms of −ELBO = rec + kl_w + kl_z + cond from M samples, plus `proba` = E_q r_k."
     u = component_log_densities(x, prior_mean, prior_logvar, log_pi)  # (M, B, K): the one pass over (M, B, K, n_x)
-    log_r = torch.log_softmax(u, dim=-1)
+    log_r = log_responsibilities(u, responsibility_floor)
     r = log_r.exp()
     if conditional_prior == "exact":
         cond = (r * (log_pi - u)).sum(-1).mean(0) - normal_entropy(x_logvar)  # −log N_k = log π_k − u_k

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .data import check_cells_have_batches, check_counts, check_unique_genes, count_matrix
 from .distributed import gathered_from_processes, process_group, process_rank, select_device, world_size
-from .elbo import TERMS, component_log_densities
+from .elbo import TERMS, component_log_densities, log_responsibilities
 from .files import atomic_path, write_json_atomic
 from .loaders import CSRLoader, DiskRows, Minibatch, on_disk
 from .modules import GMVAEModule
@@ -293,7 +293,7 @@ def _mixture_at(self: GMVAE, noise: torch.Tensor, *names: str) -> Callable[[Mini
         posterior, x, prior_mean, prior_logvar = self.module.draw_latents(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1))
         log_density = component_log_densities(x, prior_mean, prior_logvar, torch.zeros(()))  # (M, B, K)
         out = dict(x=posterior["x_mean"], w=posterior["w_mean"], log_density=log_density.transpose(0, 1),
-                   proba=torch.log_softmax(log_density + self.module.log_pi, dim=-1).exp().mean(0))  # as `elbo_terms` computes it
+                   proba=log_responsibilities(log_density + self.module.log_pi).exp().mean(0))  # as `elbo_terms` computes it
         return {name: out[name] for name in names}
     return outputs
 
