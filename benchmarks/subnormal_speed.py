@@ -28,15 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from quality import DATASETS, load, parse_n_clusters  # noqa: E402
 
 import gmvae_nb.modules  # noqa: E402
-from gmvae_nb.elbo import elbo_terms  # noqa: E402
+from gmvae_nb.elbo import elbo_terms, loss  # noqa: E402
 from gmvae_nb.model import GMVAE  # noqa: E402
+from gmvae_nb.train import minibatch_terms  # noqa: E402
 
 SOFTMAXES = {"floored": elbo_terms, "exact": functools.partial(elbo_terms, responsibility_floor=math.inf)}
 
@@ -47,20 +47,16 @@ def use_softmax(name: str):
 
 
 def subnormal_gradient(model: GMVAE, n_cells: int = 128, repeats: int = 20) -> tuple[float, float]:
-    "Share of subnormal entries in the gradient at β's output, and the median milliseconds of the backward pass, on the first `n_cells` training cells of `model` (in training mode, one draw, as a training step)."
+    "Share of subnormal entries in the gradient at β's output, and the median milliseconds of the backward pass, on the first `n_cells` training cells of `model` (in training mode, one draw: a training step's minibatch, terms and loss)."
     module, tiny = model.module, torch.finfo(torch.float32).tiny
-    rows = np.flatnonzero(model.adata.obs["split"].to_numpy() == "train")[:n_cells]
-    counts = torch.as_tensor(model._aligned_counts(model.adata)[rows].toarray(), dtype=torch.float32)
-    batch = torch.as_tensor(model._batch_codes(model.adata)[rows])
-    nonzero, generator = counts.nonzero(as_tuple=True), torch.Generator().manual_seed(0)
-    grads = []
+    train, _ = model._split_indices("split")
+    minibatch = next(iter(model._loader(None, n_cells, train[:n_cells])[1]))
+    generator, grads, seconds = torch.Generator().manual_seed(0), [], []
     hook = module.beta[-1].register_full_backward_hook(lambda layer, grad_in, grad_out: grads.append(grad_out[0].detach()))
     module.train()
-    seconds = []
     for _ in range(repeats):
         module.zero_grad(set_to_none=True)
-        terms = module.elbo(counts, batch, module.sample_noise(len(rows), 1, generator), nonzero)
-        objective = sum(terms[t].mean() for t in ("rec", "kl_w", "kl_z", "cond"))
+        objective, _ = loss(minibatch_terms(module, minibatch, 1, generator))
         started = time.perf_counter()
         objective.backward()
         seconds.append(time.perf_counter() - started)
