@@ -51,7 +51,7 @@ def _solve_increasing(f, target: float, lo: float, hi: float, n_steps: int = 14)
         lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
     return (lo + hi) / 2
 
-
+# %% ../nbs/03_calibrate.ipynb #c98ee8cf
 def _counts_of(adata: ad.AnnData, layer: str | None) -> sp.csr_matrix:
     "The raw counts of `adata` (`layers[layer]`, or `X` if `layer` is None) as CSR float64."
     if layer is not None and layer not in adata.layers:
@@ -71,7 +71,7 @@ def _dispersion_summary(counts, n_bins: int = 20) -> tuple[float, float, float]:
     spread = stats.median_abs_deviation(np.log(phi / (common + trend / m)), scale="normal") ** 2
     return float(common), float(trend), float(spread)
 
-
+# %% ../nbs/03_calibrate.ipynb #144564d0
 def _library_params(log_library: np.ndarray, batch: np.ndarray | None, cell_type: np.ndarray | None,
                     type_lib_scale: float, min_cells: int = 10) -> dict:
     "lib_loc, lib_scale (and type_lib_scale, given cell types) of the log library sizes of real cells."

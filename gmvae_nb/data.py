@@ -103,7 +103,7 @@ def _check_dtype(dtype: np.dtype, where: str, advice: str):
     if np.dtype(dtype).kind not in "iuf":
         raise TypeError(f"{where} must hold raw counts as integers or floating-point numbers but has dtype {dtype}. {advice}")
 
-
+# %% ../nbs/01_data.ipynb #e133d799
 def _checked_blocks(
     matrix,  # cells × features, any layout `_blocks` reads
     genes: np.ndarray,  # sorted indices of the features to keep
@@ -127,7 +127,7 @@ def _checked_blocks(
     if listing:
         raise ValueError(f"{where} must hold raw counts (finite, non-negative integers) but has {listing}. {advice}")
 
-
+# %% ../nbs/01_data.ipynb #666db840
 def _read_counts(
     matrix,  # cells × features, any layout `_blocks` reads
     genes: np.ndarray,  # sorted indices of the features to keep

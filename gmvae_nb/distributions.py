@@ -59,7 +59,7 @@ def _sum_per_row(values: Tensor, rows: Tensor, per_row: Tensor) -> Tensor:
     if values.device.type == "mps": return values.new_zeros(len(per_row)).index_add_(0, rows, values)
     return torch.segment_reduce(values, "sum", lengths=per_row)
 
-
+# %% ../nbs/04_distributions.ipynb #f2ed12ac
 class _CountTerms(torch.autograd.Function):
     "Per row of `logits` (L, B, G): −Σ_g θ_g log1p ρ_g + Σ_{y_g>0} y_g (log ρ_g − log1p ρ_g), ρ = ℓ·softmax(h)/θ; gradients computed in the forward pass."
 
@@ -131,7 +131,7 @@ class _CountTerms(torch.autograd.Function):
         log_library = -(minus_q_sums * grad_value).sum(0) if ctx.needs_input_grad[2] else None
         return logits, log_theta, log_library, None, None, None, None, None, None
 
-
+# %% ../nbs/04_distributions.ipynb #20f83ead
 @torch.compiler.disable  # a Python loop over chunks: compiled code calls it as it is
 def nb_log_likelihood(
     counts: Tensor,  # (B, G) dense counts of a minibatch

@@ -266,7 +266,7 @@ def _diffusion_map(
         scale = np.where(eigenvalues == 1, eigenvalues, eigenvalues / (1 - eigenvalues))  # all diffusion times summed
     return eigenvectors.astype(np.float32) * scale
 
-
+# %% ../nbs/13_metrics.ipynb #a2fceb16
 def _kbet_k0(cells_per_batch: pd.Series) -> int:
     "kBET's neighbourhood size k0 (the cell itself not counted): a quarter of the mean number of cells per batch, clipped to 10…70, as scib."
     return int(np.clip(cells_per_batch.mean() // 4, 10, 70))
@@ -290,7 +290,7 @@ def _kbet_one_label(
     _, neighborhoods = NearestNeighbors(n_neighbors=k0 + 1).fit(coordinates).kneighbors(coordinates)
     return kbet_acceptance(neighborhoods, batches[kept], alpha)
 
-
+# %% ../nbs/13_metrics.ipynb #9895537f
 def kbet_per_label(
     connectivities: sp.spmatrix,  # cells × cells UMAP connectivities of the 50-NN graph
     batches: np.ndarray,  # one batch per cell
@@ -344,7 +344,7 @@ def _lisi_weights(
         searching &= np.abs(entropy - np.log(perplexity)) >= tolerance
     return entropy, weights
 
-
+# %% ../nbs/13_metrics.ipynb #a75839ee
 def ilisi(
     neighbors: NeighborsResults,  # each cell's nearest neighbours (itself included) and distances, e.g. 90
     batches: np.ndarray,  # one batch per cell
@@ -456,7 +456,7 @@ def _own_cluster_scores(adata: ad.AnnData, cluster_key: str | None, labels: np.n
     return {"nmi_own_clusters": normalized_mutual_info_score(labels, clusters),
             "ari_own_clusters": adjusted_rand_score(labels, clusters)}
 
-
+# %% ../nbs/13_metrics.ipynb #af7d7467
 def _bio_metrics(
     coordinates: np.ndarray, neighbors: NeighborsResults, labels: np.ndarray, batches: np.ndarray | None,
     seed: int, timings: dict | None,
@@ -478,7 +478,7 @@ def _bio_metrics(
         scores |= {"ari_kmeans_best": kmeans["ari"].max(), "kmeans_k_best": int(kmeans["ari"].idxmax())}
     return scores
 
-
+# %% ../nbs/13_metrics.ipynb #e966a649
 def _batch_metrics(
     coordinates: np.ndarray, neighbors: NeighborsResults, labels: np.ndarray | None, batches: np.ndarray | None,
     seed: int, timings: dict | None,
@@ -506,7 +506,7 @@ def _batch_metrics(
         scores["kbet_all_cells"] = kbet_all_cells(neighbors, batches)
     return scores
 
-
+# %% ../nbs/13_metrics.ipynb #167def56
 def evaluate(
     adata: ad.AnnData,  # cells to score (the protocol passes the test split)
     embedding: str = "X_gmvae",  # `obsm` key of the embedding

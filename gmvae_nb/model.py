@@ -96,6 +96,7 @@ def _module_arguments(settings: str, module_kwargs: dict) -> dict:
     arguments = defaults | SETTINGS[settings]["module"] | module_kwargs
     return {name: list(value) if isinstance(value, tuple) else value for name, value in arguments.items()}  # as JSON keeps them
 
+# %% ../nbs/11_model.ipynb #e716323d
 class GMVAE:
     "Gaussian-mixture VAE that clusters the cells of `adata` and removes the batch effects of `obs[batch_key]`."
     def __init__(self,
@@ -270,6 +271,7 @@ def _per_cell(self: GMVAE, adata: ad.AnnData | None, outputs: Callable[[Minibatc
         start += len(mb.index)
     return adata, out
 
+# %% ../nbs/11_model.ipynb #6d155fb3
 @patch
 def _inference_noise(self: GMVAE, n_samples: int, seed: int | None = None) -> torch.Tensor:
     "The `n_samples` standard normal draws (M, 1, n_x + n_w) that every cell uses at inference, seeded by `seed` (None: the model's seed; zeros for 0 samples: the posterior means)."
@@ -279,6 +281,7 @@ def _inference_noise(self: GMVAE, n_samples: int, seed: int | None = None) -> to
 
 PREDICT_SAMPLES = 10  # draws of (x, w) per cell behind the responsibilities of `predict_proba` and `predict`, by default
 
+# %% ../nbs/11_model.ipynb #bf81a119
 @patch
 def _sampled_terms(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int):
     "Per-cell ELBO terms and proba from `n_samples` draws of (x, w) per cell, the same standardised draws for every cell (0: at the posterior means)."
@@ -297,6 +300,7 @@ def _mixture_at(self: GMVAE, noise: torch.Tensor, *names: str) -> Callable[[Mini
         return {name: out[name] for name in names}
     return outputs
 
+# %% ../nbs/11_model.ipynb #ca90bf7a
 @patch
 def _responsibilities(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int) -> tuple[ad.AnnData, np.ndarray]:
     "`adata` and its cells' responsibilities E_q r_k (cells × K) from `n_samples` draws of (x, w) per cell (0: at the posterior means)."
@@ -366,6 +370,7 @@ def component_moments(
     # centred, one component at a time: E[x²] − E[x]² would cancel for a tight component far from 0
     return means, np.stack([weights[:, k] @ (values - mean)**2 for k, mean in enumerate(means)])
 
+# %% ../nbs/11_model.ipynb #30379f1f
 def batch_alignment(
     x: np.ndarray,  # (n, d) the cells' posterior means
     responsibilities: np.ndarray,  # (n, K) each cell's weights over the components, rows summing to 1
@@ -393,6 +398,7 @@ def batch_alignment(
         offset[s] = mean - scale[s] * batch_mean
     return scale, offset
 
+# %% ../nbs/11_model.ipynb #51bb57be
 def aligned_latent(
     x: torch.Tensor,  # (B, d) posterior means
     responsibilities: torch.Tensor,  # (B, K)
@@ -466,6 +472,7 @@ class RestartPlan:
     checkpoint_every: int = 1
     resume: bool = False
 
+# %% ../nbs/11_model.ipynb #bdbe9dee
 @patch
 def _train_run(self: GMVAE, run: dict, run_config: TrainConfig, label: str, plan: RestartPlan, **checkpointing) -> pd.DataFrame:
     "Train `run`'s module, the model's module, from its mixture's start (or on from a checkpoint, as `checkpointing` says); its whole history."
@@ -504,7 +511,6 @@ def _train_restart(self: GMVAE, restart: int, plan: RestartPlan) -> dict:
     if n_init > 1: run.update(neg_elbo=final_neg_elbo(run["history"]), clusters=self._clusters(None))
     return run
 
-
 # %% ../nbs/11_model.ipynb #b7a1c0e2
 def restart_groups(
     costs: Sequence[float],  # per restart: the epochs it trains before the restarts are compared
@@ -518,6 +524,7 @@ def restart_groups(
         loads[process] += costs[restart]
     return [sorted(group) for group in groups if group]
 
+# %% ../nbs/11_model.ipynb #f8251826
 def _restarts_in_process(model: GMVAE, restarts: list[int], plan: RestartPlan, threads: int) -> list[dict]:
     "Restarts `restarts` of `model.fit(...)`, trained in this (a worker) process on `threads` torch threads; each run with its module's state in place of the module."
     torch.set_num_threads(threads)
@@ -553,6 +560,7 @@ def _restarts_side_by_side(self: GMVAE, plan: RestartPlan, n_jobs: int, threads:
         run["module"] = module.eval()
     return [runs[restart] for restart in range(len(plan.starts))]
 
+# %% ../nbs/11_model.ipynb #7f6f5e36
 WORKER_MEMORY = 2**30  # bytes of memory a worker process of `fit` takes beside the counts it shares, at most: torch and its restarts' training (0.35–0.5 GiB measured up to the target's size)
 SIDE_BY_SIDE_MEMORY_SHARE = 0.5  # n_jobs="auto" trains side by side where that takes at most this share of the memory available
 
@@ -566,6 +574,7 @@ def side_by_side_memory(counts_bytes: int, processes: int) -> int:
     "Bytes that training the restarts in `processes` worker processes takes beyond training them one by one: one more copy of the counts, which joblib memory-maps for all the workers, and `WORKER_MEMORY` each."
     return counts_bytes + processes * WORKER_MEMORY
 
+# %% ../nbs/11_model.ipynb #6c234d4c
 def cgroup_memory_left(
     proc_cgroup: str | Path = "/proc/self/cgroup",  # the process's cgroups
     root: str | Path = "/sys/fs/cgroup",  # where the cgroup file systems are mounted
@@ -592,6 +601,7 @@ def available_memory() -> int:
     available, left = psutil.virtual_memory().available, cgroup_memory_left()
     return available if left is None else min(available, left)
 
+# %% ../nbs/11_model.ipynb #724c1a55
 def resolve_n_jobs(
     n_jobs: int | str,  # fit's n_jobs: "auto" or a whole number of at least 1
     n_init: int,  # restarts
@@ -622,6 +632,36 @@ def _side_by_side_obstacle(self: GMVAE, device: torch.device, counts, on_epoch) 
     if on_epoch is not None: return "on_epoch is called in this process"
     return None
 
+# %% ../nbs/11_model.ipynb #2ecada87
+@patch
+def _restart_starts(self: GMVAE, n_init, checkpoint_dir, init_mixture, n_train: int) -> list[str | None]:
+    "Each of `fit`'s `n_init` restarts' mixture start (`restart_mixture_start`) on `n_train` training cells; a ValueError naming the argument where `n_init`, `init_mixture` or `checkpoint_dir` cannot be trained so."
+    if int(n_init) != n_init: raise ValueError(f"n_init must be a whole number, got {n_init!r}")
+    if n_init < 1: raise ValueError(f"n_init must be at least 1, got {n_init}")
+    if n_init > 1 and len(self.history):
+        raise ValueError(f"n_init={n_init} trains models from fresh initial weights, but this model has already trained "
+                         f"{len(self.history)} epochs: pass n_init to a model's first fit")
+    if n_init > 1 and checkpoint_dir is not None:
+        raise ValueError(f"n_init={n_init} cannot be combined with checkpoint_dir, which holds one run: to checkpoint "
+                         "the restarts, train them one by one with seed=gmvae_nb.model.restart_seed(seed, i)")
+    if init_mixture not in MIXTURE_INITS: raise ValueError(f"init_mixture must be one of {MIXTURE_INITS}, got {init_mixture!r}")
+    fits = fits_mixture_on_x(n_train, self.n_clusters)
+    starts = [restart_mixture_start(init_mixture, restart, fits) for restart in range(n_init)]
+    if "gmm" in starts and (len(self.history) or checkpoint_dir is not None):
+        raise ValueError(f"init_mixture={init_mixture!r} starts a model's first fit and cannot be checkpointed; this model has "
+                         f"trained {len(self.history)} epochs and checkpoint_dir is {checkpoint_dir!r}")
+    return starts
+
+def _check_fit_schedule(init_mixture, init_epochs, choose_after, mixing_em_steps, mixing_em_each_epoch):
+    "A ValueError naming the first of `fit`'s schedule arguments that is not of its kind."
+    if init_mixture and not _whole_number(init_epochs, 1):
+        raise ValueError(f"init_epochs must be a whole number of at least 1, got {init_epochs!r}")
+    if choose_after not in ("auto", None) and not _whole_number(choose_after, 1):
+        raise ValueError(f"choose_after must be \"auto\", a whole number of at least 1, or None; got {choose_after!r}")
+    if not _whole_number(mixing_em_steps, 0):
+        raise ValueError(f"mixing_em_steps must be a whole number of at least 0, got {mixing_em_steps!r}")
+    if not isinstance(mixing_em_each_epoch, bool):
+        raise ValueError(f"mixing_em_each_epoch must be True or False, got {mixing_em_each_epoch!r}")
 
 # %% ../nbs/11_model.ipynb #ad292ac0
 @patch
@@ -645,29 +685,9 @@ def fit(self: GMVAE,
     "Train the model on `self.adata` (see `TrainConfig` for the settings); returns the model. Under `torchrun` every process calls this and they train together."
     config = TrainConfig(**(SETTINGS[self.settings]["training"] | kwargs))
     if n_init is None: n_init = 1 if len(self.history) or checkpoint_dir is not None else DEFAULT_N_INIT
-    if int(n_init) != n_init: raise ValueError(f"n_init must be a whole number, got {n_init!r}")
-    if n_init < 1: raise ValueError(f"n_init must be at least 1, got {n_init}")
-    if n_init > 1 and len(self.history):
-        raise ValueError(f"n_init={n_init} trains models from fresh initial weights, but this model has already trained "
-                         f"{len(self.history)} epochs: pass n_init to a model's first fit")
-    if n_init > 1 and checkpoint_dir is not None:
-        raise ValueError(f"n_init={n_init} cannot be combined with checkpoint_dir, which holds one run: to checkpoint "
-                         "the restarts, train them one by one with seed=gmvae_nb.model.restart_seed(seed, i)")
-    if init_mixture not in MIXTURE_INITS: raise ValueError(f"init_mixture must be one of {MIXTURE_INITS}, got {init_mixture!r}")
     train, validation = self._split_indices(split_key)
-    fits = fits_mixture_on_x(len(train), self.n_clusters)
-    starts = [restart_mixture_start(init_mixture, restart, fits) for restart in range(n_init)]
-    if "gmm" in starts and (len(self.history) or checkpoint_dir is not None):
-        raise ValueError(f"init_mixture={init_mixture!r} starts a model's first fit and cannot be checkpointed; this model has "
-                         f"trained {len(self.history)} epochs and checkpoint_dir is {checkpoint_dir!r}")
-    if init_mixture and not _whole_number(init_epochs, 1):
-        raise ValueError(f"init_epochs must be a whole number of at least 1, got {init_epochs!r}")
-    if choose_after not in ("auto", None) and not _whole_number(choose_after, 1):
-        raise ValueError(f"choose_after must be \"auto\", a whole number of at least 1, or None; got {choose_after!r}")
-    if not _whole_number(mixing_em_steps, 0):
-        raise ValueError(f"mixing_em_steps must be a whole number of at least 0, got {mixing_em_steps!r}")
-    if not isinstance(mixing_em_each_epoch, bool):
-        raise ValueError(f"mixing_em_each_epoch must be True or False, got {mixing_em_each_epoch!r}")
+    starts = self._restart_starts(n_init, checkpoint_dir, init_mixture, len(train))
+    _check_fit_schedule(init_mixture, init_epochs, choose_after, mixing_em_steps, mixing_em_each_epoch)
     counts, codes = self._aligned_counts(self.adata), self._batch_codes(self.adata)
     trains_on, all_threads = select_device(device), torch.get_num_threads()
     n_jobs = resolve_n_jobs(n_jobs, n_init, all_threads, self._side_by_side_obstacle(trains_on, counts, on_epoch),
@@ -908,6 +928,7 @@ def _groups(self: GMVAE, adata: ad.AnnData, groupby: str | None, batch_size: int
     groups = pd.Categorical(adata.obs[groupby]).remove_unused_categories()
     return groups.rename_categories([str(c) for c in groups.categories]), f"obs[{groupby!r}]"
 
+# %% ../nbs/11_model.ipynb #3d4125b4
 def _comparisons(groups: pd.Categorical, source: str, group1, group2) -> list[tuple[str, np.ndarray, str, np.ndarray]]:
     "(name, rows) of every group to test and (name, rows) of the cells it is tested against: group2's, or all other cells of a group ('Rest')."
     known = groups.categories
@@ -926,6 +947,7 @@ def _comparisons(groups: pd.Categorical, source: str, group1, group2) -> list[tu
     if reference is None: return [(name, rows(name), "Rest", rest(name)) for name in tested]
     return [(name, rows(name), reference, rows(reference)) for name in tested]
 
+# %% ../nbs/11_model.ipynb #4d3bb86e
 @patch
 @torch.no_grad()
 def _pair_statistics(self: GMVAE, loader: CSRLoader, rows1: np.ndarray, rows2: np.ndarray, n_samples: int, delta: float,

@@ -394,7 +394,7 @@ def _storable(value):
         return value.astype(np.float32)
     return value.item() if isinstance(value, np.generic) else value
 
-
+# %% ../nbs/02_simulate.ipynb #3879276a
 def simulate(
     preset: str = "bmmc",  # name of a preset in `PRESETS`: "bmmc" (full size) or "default" (small)
     n_cells: int | None = None,  # number of cells (None: the preset's)

@@ -251,7 +251,7 @@ def _as_finished(finished, run_dirs: list[Path], every: float = 2.0) -> list[dic
             watcher.join()
     return results
 
-
+# %% ../nbs/15_sweep.ipynb #abe4d570
 def _local(jobs: list[tuple[Path, dict]], workers: int, notebook, kernel_name) -> list[dict]:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(execute_run, d, p, notebook, kernel_name) for d, p in jobs]
@@ -264,7 +264,7 @@ def _distributed(jobs: list[tuple[Path, dict]], scheduler: str, notebook, kernel
         futures = [client.submit(execute_run, d, p, notebook, kernel_name, pure=False) for d, p in jobs]
         return _as_finished(completed(futures), [d for d, _ in jobs])
 
-
+# %% ../nbs/15_sweep.ipynb #b61da4de
 def sweep(data: str | Path, Ks=BLOG_GRID, repeats: int = 6, out: str | Path = "sweeps/default",
           workers: int = 1, scheduler: str | None = None, base_seed: int = 0, split_seed: int = 0,
           n_top_genes: int | None = None, test_fraction: float = 0.1, layer: str | None = "counts",
