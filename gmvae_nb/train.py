@@ -245,6 +245,17 @@ def _postfix(row: dict) -> dict[str, str]:
     if "validation_neg_elbo" in row: shown["val"] = f"{row['validation_neg_elbo']:.4g}"
     return shown
 
+# %% ../nbs/10_train.ipynb #ffd0c676
+def _track_best(run: dict, row: dict, config: TrainConfig, module: nn.Module):
+    "Update `run`'s best validation −ELBO, its epoch, the epochs waited since and whether to stop early, after the epoch of history `row`; with early stopping, keep a copy of the weights (their average) of a new best epoch."
+    if "validation_neg_elbo" not in row or row["kl_weight"] < 1: run["best_epoch"] = row["epoch"]  # warming up: not yet the ELBO's model
+    elif row["validation_neg_elbo"] < run["best"] - config.min_delta:
+        run.update(best=row["validation_neg_elbo"], best_epoch=row["epoch"], waited=0)
+        if config.early_stopping: run["best_state"] = averaged_state(module, run["average"])
+    else:
+        run["waited"] += 1
+        run["stopped_early"] = config.early_stopping and run["waited"] >= config.patience
+
 # %% ../nbs/10_train.ipynb #78b5a40e
 def fit_module(module: nn.Module,
                counts,                                   # cells × genes counts (sparse CSR preferred, dense, or on disk)
@@ -325,13 +336,7 @@ def fit_module(module: nn.Module,
                     val = evaluate(module, validation, config.n_samples, seeds["validation"], device, elbo)
                     check_finite(val, epoch, "validation term")
                     row.update({f"validation_{k}": v for k, v in _with_neg_elbo(val).items()})
-                if validation is None or row["kl_weight"] < 1: run["best_epoch"] = epoch  # warming up: not yet the ELBO's model
-                elif row["validation_neg_elbo"] < run["best"] - config.min_delta:
-                    run.update(best=row["validation_neg_elbo"], best_epoch=epoch, waited=0)
-                    if config.early_stopping: run["best_state"] = averaged_state(module, run["average"])
-                else:
-                    run["waited"] += 1
-                    run["stopped_early"] = config.early_stopping and run["waited"] >= config.patience
+                _track_best(run, row, config, module)
                 row["seconds"] = time.perf_counter() - started
                 run["history"].append(row)
                 bar.set_postfix(_postfix(row))
