@@ -23,9 +23,9 @@ from anndata.io import read_elem, sparse_dataset
 from .files import atomic_path
 
 # %% auto #0
-__all__ = ['SPLITS', 'check_counts', 'check_cells_have_batches', 'check_obs_columns', 'check_unique_genes',
-           'as_string_categories', 'count_matrix', 'load_counts', 'optional_dependencies', 'select_genes', 'split',
-           'write_h5ad']
+__all__ = ['SPLITS', 'VALIDATION_FRACTION', 'check_counts', 'check_cells_have_batches', 'check_obs_columns', 'check_unique_genes',
+           'as_string_categories', 'count_matrix', 'load_counts', 'optional_dependencies', 'select_genes',
+           'split_parts', 'split', 'write_h5ad']
 
 # %% ../nbs/01_data.ipynb #13dd5fa0
 _BLOCK_ENTRIES = 2**22  # stored entries read, checked and converted at a time (≈ 50 MB as float64 values + int32 indices)
@@ -376,6 +376,7 @@ def select_genes(
 
 # %% ../nbs/01_data.ipynb #20424568
 SPLITS = ("train", "validation", "test")
+VALIDATION_FRACTION = 0.1  # the validation cells' share of each batch: `split`'s default, and `GMVAE.fit`'s where the data have no split
 
 
 def _part_sizes(n: int, fractions: np.ndarray) -> np.ndarray:
@@ -390,27 +391,36 @@ def _part_sizes(n: int, fractions: np.ndarray) -> np.ndarray:
     return sizes
 
 # %% ../nbs/01_data.ipynb #9b393ea6
+def split_parts(
+    batch_codes: np.ndarray,  # (cells,) each cell's batch, as integer codes
+    fractions: Sequence[float],  # fractions of train, validation and test cells (sum 1)
+    seed: int,  # seed of the shuffle
+) -> np.ndarray:  # (cells,) int8 index into `SPLITS`
+    "Each cell's part of the split, cut within each batch from a seeded shuffle of its cells."
+    fractions = np.asarray(fractions, dtype=float)
+    if fractions.shape != (3,) or not np.isfinite(fractions).all() or (fractions < 0).any() or not np.isclose(fractions.sum(), 1):
+        raise ValueError(f"fractions must be three non-negative numbers (train, validation, test) that sum to 1, not {fractions.tolist()}.")
+    rng = np.random.default_rng(seed)
+    parts = np.empty(len(batch_codes), dtype=np.int8)
+    for batch in np.unique(batch_codes):
+        cells = np.flatnonzero(batch_codes == batch)
+        parts[rng.permutation(cells)] = np.repeat(np.arange(len(SPLITS)), _part_sizes(len(cells), fractions))
+    return parts
+
+
 def split(
     adata: ad.AnnData,  # cells with a batch column
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),  # fractions of train, validation and test cells (sum 1)
+    fractions: Sequence[float] = (0.8, VALIDATION_FRACTION, 0.1),  # fractions of train, validation and test cells (sum 1)
     seed: int = 0,  # seed of the shuffle
     batch_key: str = "batch",  # obs column of batches; each batch is split separately
     key: str = "split",  # obs column to store the split in
 ) -> ad.AnnData:  # `adata`, with the categorical `obs[key]` added
     "Split cells into train, validation and test within each batch, seeded, and store it in `obs[key]`."
-    fractions = np.asarray(fractions, dtype=float)
-    if fractions.shape != (3,) or not np.isfinite(fractions).all() or (fractions < 0).any() or not np.isclose(fractions.sum(), 1):
-        raise ValueError(f"fractions must be three non-negative numbers (train, validation, test) that sum to 1, not {fractions.tolist()}.")
     check_obs_columns(adata.obs, batch_key, None)
-    batches = pd.Categorical(adata.obs[batch_key])
-    rng = np.random.default_rng(seed)
-    parts = np.empty(adata.n_obs, dtype=np.int8)
-    for batch in range(len(batches.categories)):
-        cells = np.flatnonzero(batches.codes == batch)
-        parts[rng.permutation(cells)] = np.repeat(np.arange(len(SPLITS)), _part_sizes(len(cells), fractions))
+    parts = split_parts(pd.Categorical(adata.obs[batch_key]).codes, fractions, seed)
     adata.obs[key] = pd.Categorical.from_codes(parts, categories=list(SPLITS))
     adata.uns["gmvae_nb"] = {**adata.uns.get("gmvae_nb", {}),
-                             "split": dict(key=key, fractions=fractions.tolist(), seed=seed, batch_key=batch_key)}
+                             "split": dict(key=key, fractions=np.asarray(fractions, dtype=float).tolist(), seed=seed, batch_key=batch_key)}
     return adata
 
 # %% ../nbs/01_data.ipynb #63670f53

@@ -28,7 +28,7 @@ from fastcore.basics import patch
 from fastcore.meta import delegates
 from tqdm import tqdm
 
-from .data import check_cells_have_batches, check_counts, check_unique_genes, count_matrix
+from .data import VALIDATION_FRACTION, check_cells_have_batches, check_counts, check_unique_genes, count_matrix, split_parts
 from .distributed import gathered_from_processes, process_group, process_rank, select_device, world_size
 from .elbo import TERMS, component_log_densities, log_responsibilities
 from .files import atomic_path, write_json_atomic
@@ -207,8 +207,11 @@ def continued_history(first: pd.DataFrame, then: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/11_model.ipynb #2f9c14df
 @patch
 def _split_indices(self: GMVAE, split_key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    "Rows of `self.adata` to train and to validate on."
-    if split_key is None or split_key not in self.adata.obs: return np.arange(self.adata.n_obs), None
+    "Rows of `self.adata` to train and to validate on: as `obs[split_key]` marks them; where there is no such column, `VALIDATION_FRACTION` of each batch's cells, drawn with the model's seed, to validate on and the rest to train on; every cell to train on and none to validate on for split_key=None."
+    if split_key is None: return np.arange(self.adata.n_obs), None
+    if split_key not in self.adata.obs:
+        parts = split_parts(self._batch_codes(self.adata), (1 - VALIDATION_FRACTION, VALIDATION_FRACTION, 0.0), self.seed)
+        return np.flatnonzero(parts == 0), np.flatnonzero(parts == 1)
     split = self.adata.obs[split_key].astype(str).to_numpy()
     train = np.flatnonzero(split == "train")
     if len(train) == 0:
@@ -667,7 +670,7 @@ def _check_fit_schedule(init_mixture, init_epochs, choose_after, mixing_em_steps
 @patch
 @delegates(TrainConfig)
 def fit(self: GMVAE,
-        split_key: str | None = "split",  # obs column with train/validation/test; None or absent: train on all cells
+        split_key: str | None = "split",  # obs column with train/validation/test; absent: `VALIDATION_FRACTION` of each batch validates, the rest trains; None: train on all cells
         device: str = "auto",             # auto|cpu|cuda|mps
         progress: bool = True,            # show a tqdm bar with the loss terms
         n_init: int | None = None,        # train this many models from different initial weights and keep the one whose clusters agree most with the others'; None: `DEFAULT_N_INIT`, or 1 to continue or checkpoint a run

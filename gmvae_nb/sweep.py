@@ -35,10 +35,10 @@ with optional_dependencies("sweep"):
     from traitlets.config import Config
 
 # %% auto #0
-__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'VALIDATION_FRACTION', 'Run', 'plan_runs', 'run_status',
-           'RunKernelManager', 'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts', 'check_split',
-           'prepare_data', 'training_progress', 'sweep', 'collect', 'summarize', 'mean_pairwise_ari',
-           'cluster_stability', 'elbo_by_k', 'KChoice', 'choose_k', 'recommend_k']
+__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'Run', 'plan_runs', 'run_status', 'RunKernelManager',
+           'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts', 'check_split', 'prepare_data',
+           'training_progress', 'sweep', 'collect', 'summarize', 'mean_pairwise_ari', 'cluster_stability', 'elbo_by_k',
+           'KChoice', 'choose_k', 'recommend_k']
 
 # %% ../nbs/15_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
@@ -125,9 +125,6 @@ SINGLE_BATCH = "all"  # obs['batch'] of the prepared data when the user's have n
 # %% ../nbs/15_sweep.ipynb #d2e59f68
 LABEL_KEY = "cell_type"  # the default label column, and the prepared data's: data without it are unlabelled
 
-# %% ../nbs/15_sweep.ipynb #c54307d7
-VALIDATION_FRACTION = 0.1  # of each batch's cells; the test takes `test_fraction`, training the rest
-
 # %% ../nbs/15_sweep.ipynb #603bcad0
 def canonical_counts(
     source: str | Path | ad.AnnData,  # an .h5ad file or an AnnData (e.g. simulated)
@@ -193,7 +190,7 @@ def prepare_data(
     test_fraction: float = 0.1,  # of each batch's cells held out to score the runs, at most 0.5
 ) -> Path:  # out/data.h5ad
     "Load or simulate `data` in the sweep's shape, select genes, split it, check that every run can be scored, and write `out/data.h5ad` (once)."
-    from gmvae_nb.data import select_genes, split, write_h5ad
+    from gmvae_nb.data import VALIDATION_FRACTION, select_genes, split, write_h5ad
     out, source = Path(out), str(data)
     path = out / "data.h5ad"
     recipe = dict(data=source, split_seed=split_seed, n_top_genes=n_top_genes, layer=layer, batch_key=batch_key,
