@@ -116,7 +116,7 @@ FIT_OPTIONS = {  # options of fit alone -> argparse settings, with the library's
     ("--warmup-epochs",): dict(dest="warmup_epochs", type=float, default=None,
                                help="linear KL warm-up over this many epochs (default: a quarter of the epochs); 0 turns it off"),
     ("--early-stopping",): dict(dest="early_stopping", action=argparse.BooleanOptionalAction, default=None,
-                                help="stop once the validation -ELBO stops improving (default: on when obs['split'] has validation cells)"),
+                                help="stop once the validation -ELBO stops improving (default: on when there are validation cells: obs['split']'s, or the tenth of each batch held out without one)"),
     ("--device",): dict(dest="device", help="auto, cpu, cuda or mps", default="auto"),
     ("--checkpoint-every",): dict(dest="checkpoint_every", type=int, help="epochs between checkpoints", default=1),
     ("--n-jobs",): dict(dest="n_jobs", type=_none_as("n_jobs", int, words=("auto",)), default="auto",
