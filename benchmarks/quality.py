@@ -7,6 +7,8 @@
     .venv/bin/python benchmarks/quality.py --datasets multiome --per-label labels.csv   # kBET and batch ASW per cell type
     .venv/bin/python benchmarks/quality.py --datasets cite multiome --n-clusters cite=10 multiome=7   # at a sweep's recommended K
     .venv/bin/python benchmarks/quality.py --summarise a.csv b.csv    # the tables of earlier runs' rows together, nothing trained
+    .venv/bin/python benchmarks/quality.py --fit split_key=unsplit   # as on a user's data without a split column: fit holds out a tenth
+    .venv/bin/python benchmarks/quality.py --fit split_key=None      # every cell trained on, no validation
 
 What a user does: `GMVAE(adata, n_clusters=K, seed=s).fit()` with every other setting at its default, K the number of
 labelled groups, after `split(adata)` (so that the default training sees the train cells, validates on the
