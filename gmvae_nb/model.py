@@ -298,8 +298,9 @@ def _mixture_at(self: GMVAE, noise: torch.Tensor, *names: str) -> Callable[[Mini
     def outputs(mb: Minibatch) -> dict[str, torch.Tensor]:
         posterior, x, prior_mean, prior_logvar = self.module.draw_latents(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1))
         log_density = component_log_densities(x, prior_mean, prior_logvar, torch.zeros(()))  # (M, B, K)
-        out = dict(x=posterior["x_mean"], w=posterior["w_mean"], log_density=log_density.transpose(0, 1),
-                   proba=log_responsibilities(log_density + self.module.log_pi).exp().mean(0))  # as `elbo_terms` computes it
+        out = dict(x=posterior["x_mean"], w=posterior["w_mean"], log_density=log_density.transpose(0, 1))
+        if "proba" in names:  # not for the π steps, which take the log densities alone
+            out["proba"] = log_responsibilities(log_density + self.module.log_pi).exp().mean(0)  # as `elbo_terms` computes it
         return {name: out[name] for name in names}
     return outputs
 
