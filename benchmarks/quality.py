@@ -11,8 +11,10 @@
     .venv/bin/python benchmarks/quality.py --fit split_key=None      # every cell trained on, no validation
 
 What a user does: `GMVAE(adata, n_clusters=K, seed=s).fit()` with every other setting at its default, K the number of
-labelled groups, after `split(adata)` (so that the default training sees the train cells, validates on the
-validation cells, and the test cells are held out). The baselines see all cells: PCA (30 components of the
+labelled groups, after `split(adata, seed=s)` (so that the default training sees the train cells, validates on the
+validation cells, and the test cells are held out; each seed draws its own split, so that the spread over seeds is
+also the spread over which cells train, as on a user's data, where `fit` draws its validation cells with the model's
+seed). The baselines see all cells: PCA (30 components of the
 log-normalised counts) and scVI (scvi-tools' defaults, its epochs heuristic), seeded with the same s. Each
 embedding is scored with `gmvae_nb.metrics.evaluate` on all cells and on the test cells, plus the ARI of Leiden at
 resolution 1 on the 15-NN graph (what a scanpy user's default `sc.tl.leiden` gives) and of Leiden at the resolution
@@ -53,7 +55,7 @@ RECOVERY_DATA = dict(n_types=8, n_batches=4, n_cells=2000, n_genes=500, type_wei
 
 
 def load(name: str, seed: int):
-    "The data set `name` (counts in layers['counts'], obs batch and cell_type), split into train/validation/test."
+    "The data set `name` (counts in layers['counts'], obs batch and cell_type), split into train/validation/test with `seed`."
     from gmvae_nb.data import load_counts, select_genes, split
     from gmvae_nb.simulate import simulate
     if name == "multiome": adata = load_counts(SHARED / "openproblems_bmmc_multiome_starter.output_rna.h5ad")
@@ -65,7 +67,7 @@ def load(name: str, seed: int):
     elif name == "bmmc": adata = simulate("bmmc", seed=0)
     elif name == "bmmc_hvg": adata = select_genes(simulate("bmmc", seed=0), n_top_genes=2000)
     else: raise ValueError(f"unknown data set {name!r}; choose from {DATASETS}")
-    return split(adata, seed=0)
+    return split(adata, seed=seed)
 
 
 def embed(method: str, adata, n_clusters: int, seed: int, fit_settings: dict | None = None,
