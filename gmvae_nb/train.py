@@ -256,6 +256,32 @@ def _track_best(run: dict, row: dict, config: TrainConfig, module: nn.Module):
         run["waited"] += 1
         run["stopped_early"] = config.early_stopping and run["waited"] >= config.patience
 
+# %% ../nbs/10_train.ipynb #75a8a678
+def _restore_checkpoint(saved: dict, module: nn.Module, optimizer: torch.optim.Optimizer, shuffle_rng: np.random.Generator,
+                        generator: torch.Generator, device: torch.device) -> dict:
+    "Put the state of checkpoint `saved` back into `module`, `optimizer` and the generators of the shuffle and the draws; the run's record, its average on `device`."
+    module.load_state_dict(saved["module"])
+    optimizer.load_state_dict(saved["optimizer"])
+    shuffle_rng.bit_generator.state = saved["shuffle_rng"]
+    generator.set_state(saved["noise_rng"])
+    run = saved["run"]
+    if run["average"] is not None: run["average"] = {name: v.to(device) for name, v in run["average"].items()}
+    return run
+
+
+# %% ../nbs/10_train.ipynb #2f4b373a
+def _kept_history(module: nn.Module, run: dict, config: TrainConfig) -> pd.DataFrame:
+    "Load the weights run `run` keeps into `module` and leave it in eval mode; the run's history, what it kept in `attrs`."
+    if run["best_state"] is not None: module.load_state_dict(run["best_state"])
+    elif run["average"] is not None: load_parameters(module, run["average"])
+    module.eval()
+    frame = pd.DataFrame(run["history"])
+    kept_epoch = run["best_epoch"] if run["best_state"] is not None else run["epoch"]  # the epoch whose weights (their average past the warm-up) `module` holds
+    frame.attrs.update(best_epoch=run["best_epoch"], kept_epoch=kept_epoch, stopped_early=run["stopped_early"],
+                       config=asdict(config))
+    return frame
+
+
 # %% ../nbs/10_train.ipynb #78b5a40e
 def fit_module(module: nn.Module,
                counts,                                   # cells × genes counts (sparse CSR preferred, dense, or on disk)
@@ -308,11 +334,7 @@ def fit_module(module: nn.Module,
             if saved["run"]["epoch"] > config.max_epochs:
                 raise ValueError(f"the checkpoint in '{checkpoint_dir}' is at epoch {saved['run']['epoch']}, "
                                  f"past max_epochs={config.max_epochs}")
-            module.load_state_dict(saved["module"])
-            optimizer.load_state_dict(saved["optimizer"])
-            train.rng.bit_generator.state, run = saved["shuffle_rng"], saved["run"]
-            if run["average"] is not None: run["average"] = {k: v.to(device) for k, v in run["average"].items()}
-            generator.set_state(saved["noise_rng"])
+            run = _restore_checkpoint(saved, module, optimizer, train.rng, generator, device)
         elbo = torch.compile(module.elbo, dynamic=True) if config.compile else None
         bar = tqdm(total=(config.max_epochs - run["epoch"]) * len(train), disable=not progress or rank != 0,
                    unit="step", dynamic_ncols=True)
@@ -347,11 +369,4 @@ def fit_module(module: nn.Module,
                         identity=identity, run=run, module=module.state_dict(), optimizer=optimizer.state_dict(),
                         shuffle_rng=train.rng.bit_generator.state, noise_rng=generator.get_state()), device)
         bar.close()
-    if run["best_state"] is not None: module.load_state_dict(run["best_state"])
-    elif run["average"] is not None: load_parameters(module, run["average"])
-    module.eval()
-    frame = pd.DataFrame(run["history"])
-    kept_epoch = run["best_epoch"] if run["best_state"] is not None else run["epoch"]  # the epoch whose weights (their average past the warm-up) `module` holds
-    frame.attrs.update(best_epoch=run["best_epoch"], kept_epoch=kept_epoch, stopped_early=run["stopped_early"],
-                       config=asdict(config))
-    return frame
+    return _kept_history(module, run, config)
