@@ -257,6 +257,12 @@ def _track_best(run: dict, row: dict, config: TrainConfig, module: nn.Module):
         run["stopped_early"] = config.early_stopping and run["waited"] >= config.patience
 
 # %% ../nbs/10_train.ipynb #75a8a678
+def _checkpoint_state(identity: dict, run: dict, module: nn.Module, optimizer: torch.optim.Optimizer,
+                      shuffle_rng: np.random.Generator, generator: torch.Generator) -> dict:
+    "What a checkpoint holds of a run (`write_checkpoint` adds the dropout generators), as `_restore_checkpoint` reads it back."
+    return dict(identity=identity, run=run, module=module.state_dict(), optimizer=optimizer.state_dict(),
+                shuffle_rng=shuffle_rng.bit_generator.state, noise_rng=generator.get_state())
+
 def _restore_checkpoint(saved: dict, module: nn.Module, optimizer: torch.optim.Optimizer, shuffle_rng: np.random.Generator,
                         generator: torch.Generator, device: torch.device) -> dict:
     "Put the state of checkpoint `saved` back into `module`, `optimizer` and the generators of the shuffle and the draws; the run's record, its average on `device`."
@@ -365,8 +371,7 @@ def fit_module(module: nn.Module,
                 if on_epoch is not None and rank == 0: on_epoch(row | {"max_epochs": config.max_epochs, "stage": label.strip(", ")})
                 if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or epoch == config.max_epochs
                                                    or run["stopped_early"]):
-                    write_checkpoint(checkpoint_dir, dict(
-                        identity=identity, run=run, module=module.state_dict(), optimizer=optimizer.state_dict(),
-                        shuffle_rng=train.rng.bit_generator.state, noise_rng=generator.get_state()), device)
+                    write_checkpoint(checkpoint_dir, _checkpoint_state(identity, run, module, optimizer, train.rng, generator),
+                                     device)
         bar.close()
     return _kept_history(module, run, config)
