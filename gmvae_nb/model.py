@@ -715,6 +715,7 @@ def fit(self: GMVAE,
         restarts = (self._restarts_side_by_side(plan, n_jobs, threads) if n_jobs > 1 else
                     [self._train_restart(restart, plan) for restart in range(n_init)])
         scores = [run.get("neg_elbo") for run in restarts]
+        epochs = [len(run["history"]) for run in restarts]  # each restart's where they are compared, from its very start
         agreements = restart_agreement([run.get("clusters") for run in restarts])
         chosen = gathered_from_processes(choose_restart(scores, agreements))[0]  # rank 0's: every process resumes the same restart
         kept = restarts[chosen]
@@ -730,8 +731,8 @@ def fit(self: GMVAE,
     self.train_config |= dict(init_mixture=starts[chosen])  # how the kept model's mixture started: "gmm" or None
     if refitted: self.train_config |= dict(mixing_em_steps=int(mixing_em_steps),  # π set from the training cells after training (0: uniform)
                                            mixing_em_each_epoch=bool(steps_each_epoch))  # ... and after each epoch past the warm-up
-    if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_agreement=agreements, restart_chosen=chosen,
-                                             restart_init_mixture=starts, restart_chosen_after=int(choose_after) if screened else None,
+    if n_init > 1: self.train_config |= dict(restart_neg_elbo=scores, restart_epochs=epochs, restart_agreement=agreements,
+                                             restart_chosen=chosen, restart_init_mixture=starts, restart_chosen_after=int(choose_after) if screened else None,
                                              n_jobs=n_jobs, restart_threads=threads)
     if "gmm" in starts: self.train_config |= dict(init_epochs=int(init_epochs))
     return self

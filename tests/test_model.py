@@ -344,6 +344,7 @@ def test_cli_fit_writes_model_and_annotated_h5ad(tmp_path):
     training = loaded.train_config  # three restarts by default, the most agreeing kept
     assert training["n_init"] == 3 and len(training["restart_neg_elbo"]) == len(training["restart_agreement"]) == 3
     assert training["restart_chosen"] == choose_restart(training["restart_neg_elbo"], training["restart_agreement"])
+    assert training["restart_epochs"] == [2, 2, 60 + 2]  # the third restart's mixture starts from x after init_epochs=60
     single = subprocess.run(command + ["--n-init", "1", "--out", str(tmp_path / "single")], capture_output=True, text=True)
     assert single.returncode == 0, single.stderr
     training = GMVAE.load(tmp_path / "single" / "model", annotated, device="cpu").train_config
