@@ -99,10 +99,12 @@ def test_report_html_holds_the_sweep_table_and_embeds_its_figures(finished_sweep
     assert (finished_sweep / "report.ipynb").exists()  # the executed report is kept beside the page
     title = "Clustering cells with a Gaussian-mixture VAE: how many clusters?"
     assert_a_self_contained_page(html, title, finished_sweep)
+    runs = collect(finished_sweep)  # 10 epochs each, 70 for a kept restart that pretrained 60 before its mixture's start
+    assert re.search(rf"trained for {runs.epochs.min()}(–{runs.epochs.max()})? epochs with M = 2 samples, n_x = 4, n_w = 3\.",
+                     html)  # the sweep's settings
     assert headings(html) == [title, LABEL_FREE[0], "The model in brief", *LABEL_FREE[1:6], WITH_LABELS[0],
                               *LABEL_FREE[6:10], WITH_LABELS[1], *LABEL_FREE[10:]]
     table = sweep_table(html)
-    runs = collect(finished_sweep)
     for K, group in runs.groupby("n_clusters"):
         for column, key in [("ARI", "ari_kmeans_best"), ("Leiden r1 ARI", "ari_leiden_r1"), ("batch ASW", "asw_batch"),
                             ("own NMI", "nmi_own_clusters")]:
@@ -156,7 +158,10 @@ def test_report_of_unlabelled_data_has_the_label_free_sections(finished_sweep, t
 def test_report_of_runs_without_a_saved_model_shows_their_test_cells(finished_sweep, tmp_path):
     old = copy_of(finished_sweep, tmp_path / "old")
     for model in old.glob("runs/*/model"): shutil.rmtree(model)
+    for i, metrics in enumerate(sorted(old.glob("runs/*/metrics.json"))):  # runs that early stopping ended apart
+        metrics.write_text(json.dumps(json.loads(metrics.read_text()) | {"epochs": 7 if i == 0 else 12}))
     html = render_report(old, renderer="nbconvert").read_text()
+    assert "trained for 7–12 epochs with M = 2 samples" in html  # the runs' range
     run, K = shown_run(old)
     n_test = int(collect(old).loc[run, "n_test_cells"])
     assert f"<code>runs/{run}/</code> holds no saved model" in html
