@@ -100,8 +100,11 @@ def test_report_html_holds_the_sweep_table_and_embeds_its_figures(finished_sweep
     title = "Clustering cells with a Gaussian-mixture VAE: how many clusters?"
     assert_a_self_contained_page(html, title, finished_sweep)
     runs = collect(finished_sweep)  # 10 epochs each, 70 for a kept restart that pretrained 60 before its mixture's start
-    assert re.search(rf"trained for {runs.epochs.min()}(–{runs.epochs.max()})? epochs with M = 2 samples, n_x = 4, n_w = 3\.",
-                     html)  # the sweep's settings
+    from_x = runs.kept_init_mixture.eq("gmm")
+    pretrained = (rf" \({from_x.sum()} of 4 runs kept a restart that trained 60 epochs before its mixture started from a "
+                  r"Gaussian mixture on x; the range includes them\)") if from_x.any() else ""
+    assert re.search(rf"trained for {runs.epochs.min()}(–{runs.epochs.max()})? epochs{pretrained} with M = 2 samples, n_x = 4, "
+                     r"n_w = 3\.", html)  # the sweep's settings
     assert headings(html) == [title, LABEL_FREE[0], "The model in brief", *LABEL_FREE[1:6], WITH_LABELS[0],
                               *LABEL_FREE[6:10], WITH_LABELS[1], *LABEL_FREE[10:]]
     table = sweep_table(html)
@@ -147,9 +150,14 @@ def assert_the_shown_run_on_every_cell(html: str, sweep_folder: Path):
 
 def test_report_of_unlabelled_data_has_the_label_free_sections(finished_sweep, tmp_path):
     unlabelled = without_labels(copy_of(finished_sweep, tmp_path / "unlabelled"))
+    for i, metrics in enumerate(sorted(unlabelled.glob("runs/*/metrics.json"))):  # one run kept a restart started from x
+        metrics.write_text(json.dumps(json.loads(metrics.read_text()) | {"kept_init_mixture": "gmm" if i == 1 else None,
+                                                                         "init_epochs": 60, "epochs": 70 if i == 1 else 10}))
     html = render_report(unlabelled, title="Cells without labels", renderer="nbconvert").read_text()
     assert_a_self_contained_page(html, "Cells without labels", unlabelled)
     assert headings(html) == ["Cells without labels", LABEL_FREE[0], "The model in brief", *LABEL_FREE[1:]]
+    assert ("trained for 10–70 epochs (1 of 4 runs kept a restart that trained 60 epochs before its mixture started from "
+            "a Gaussian mixture on x; the range includes them) with M = 2 samples") in html
     assert "none: the data have no cell-type labels" in html
     assert list(sweep_table(html).columns) == ["kBET (all cells)", "iLISI", "−ELBO", "runs"]
     assert_the_shown_run_on_every_cell(html, unlabelled)
@@ -158,10 +166,11 @@ def test_report_of_unlabelled_data_has_the_label_free_sections(finished_sweep, t
 def test_report_of_runs_without_a_saved_model_shows_their_test_cells(finished_sweep, tmp_path):
     old = copy_of(finished_sweep, tmp_path / "old")
     for model in old.glob("runs/*/model"): shutil.rmtree(model)
-    for i, metrics in enumerate(sorted(old.glob("runs/*/metrics.json"))):  # runs that early stopping ended apart
-        metrics.write_text(json.dumps(json.loads(metrics.read_text()) | {"epochs": 7 if i == 0 else 12}))
+    for i, metrics in enumerate(sorted(old.glob("runs/*/metrics.json"))):  # runs that early stopping ended apart, written
+        run = json.loads(metrics.read_text()) | {"epochs": 7 if i == 0 else 12}  # before the kept restart's start was recorded
+        metrics.write_text(json.dumps({key: value for key, value in run.items() if key != "kept_init_mixture"}))
     html = render_report(old, renderer="nbconvert").read_text()
-    assert "trained for 7–12 epochs with M = 2 samples" in html  # the runs' range
+    assert "trained for 7–12 epochs with M = 2 samples" in html  # the runs' range, no count of runs started from x
     run, K = shown_run(old)
     n_test = int(collect(old).loc[run, "n_test_cells"])
     assert f"<code>runs/{run}/</code> holds no saved model" in html

@@ -111,11 +111,16 @@ def test_training_notebook_runs_alone_on_a_preset(tmp_path):
     from gmvae_nb.sweep import RUN_NOTEBOOK
     pm.execute_notebook(str(RUN_NOTEBOOK), str(tmp_path / "run.ipynb"), progress_bar=False,
                         parameters={"data": "preset:default", "out": str(tmp_path), "n_clusters": 2,
-                                    "max_epochs": 1, "n_samples": 1, "n_x": 4, "n_w": 3, "threads": 1, "n_init": 2})
+                                    "max_epochs": 1, "n_samples": 1, "n_x": 4, "n_w": 3, "threads": 1, "n_init": 3,
+                                    "init_epochs": 2})  # the third restart trains 2 epochs before its mixture starts from x
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n_test_cells"] == 200  # the default preset's 2,000 cells, split 80/10/10
-    assert metrics["n_init"] == 2
-    assert (tmp_path / "data.h5ad").exists() and len(pd.read_csv(tmp_path / "history.csv")) == 1
+    assert metrics["n_init"] == 3
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())["training"]
+    assert metrics["init_mixture"] == "mixed" and saved["restart_init_mixture"] == [None, None, "gmm"]  # the setting
+    assert metrics["kept_init_mixture"] == saved["init_mixture"] == saved["restart_init_mixture"][saved["restart_chosen"]]  # the kept one's
+    assert metrics["epochs"] == len(pd.read_csv(tmp_path / "history.csv")) == (3 if metrics["kept_init_mixture"] == "gmm" else 1)
+    assert (tmp_path / "data.h5ad").exists()
 
 
 def test_each_kernel_starts_in_its_run_folder_and_the_sweep_never_moves_this_process(tiny_data, tmp_path, monkeypatch):
