@@ -7,6 +7,7 @@ Docs: https://gmvae-nb.github.io/gmvae-nb/data.html.md"""
 # %% ../nbs/01_data.ipynb #038881c7
 from __future__ import annotations
 
+import traceback
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,9 +24,9 @@ from anndata.io import read_elem, sparse_dataset
 from .files import atomic_path
 
 # %% auto #0
-__all__ = ['SPLITS', 'VALIDATION_FRACTION', 'check_counts', 'check_cells_have_batches', 'check_obs_columns', 'check_unique_genes',
-           'as_string_categories', 'count_matrix', 'load_counts', 'optional_dependencies', 'select_genes',
-           'split_parts', 'split', 'write_h5ad']
+__all__ = ['HVG_SPANS', 'SPLITS', 'VALIDATION_FRACTION', 'check_counts', 'check_cells_have_batches', 'check_obs_columns',
+           'check_unique_genes', 'as_string_categories', 'count_matrix', 'load_counts', 'optional_dependencies',
+           'select_genes', 'split_parts', 'split', 'write_h5ad']
 
 # %% ../nbs/01_data.ipynb #13dd5fa0
 _BLOCK_ENTRIES = 2**22  # stored entries read, checked and converted at a time (≈ 50 MB as float64 values + int32 indices)
@@ -172,6 +173,12 @@ def _obs_column(obs: pd.DataFrame, key: str, role: str, hint: str = "") -> pd.Se
     if key not in obs.columns:
         raise KeyError(f"obs has no {role} column '{key}'; obs columns: {list(obs.columns)}.{hint}")
     return obs[key]
+
+
+def _names_preview(names, n: int = 5) -> str:
+    "The first `n` of `names`, quoted, and how many there are in all where there are more: for error messages."
+    names = list(names)
+    return ", ".join(map(repr, names[:n])) + (f" … ({len(names)} in all)" if len(names) > n else "")
 
 
 def check_cells_have_batches(
@@ -347,6 +354,14 @@ def optional_dependencies(extra: str) -> Iterator[None]:
                                   name=e.name) from e
 
 # %% ../nbs/01_data.ipynb #7707c488
+HVG_SPANS = (0.3, 0.5, 1.0)  # spans of seurat_v3's loess tried in turn: scanpy's default, then smoother where it is singular
+
+
+def _raised_in_loess(error: BaseException) -> bool:
+    "Whether `error` was raised by scikit-misc's loess, the fit of seurat_v3's mean–variance trend."
+    return any(frame.f_code.co_filename.endswith("_loess.pyx") for frame, _ in traceback.walk_tb(error.__traceback__))
+
+
 def select_genes(
     adata: ad.AnnData,  # cells × genes with raw counts
     n_top_genes: int = 2000,  # number of genes to keep (scanpy's name)
@@ -361,9 +376,23 @@ def select_genes(
     if not 0 < n_top_genes <= adata.n_vars:
         raise ValueError(f"n_top_genes must be between 1 and the number of genes ({adata.n_vars:,}), not {n_top_genes:,}.")
     if batch_key is not None:
-        _obs_column(adata.obs, batch_key, "batch", " Pass batch_key=None to ignore batches.")
-    ranking = sc.pp.highly_variable_genes(adata, flavor="seurat_v3", n_top_genes=n_top_genes, layer=layer,
-                                          batch_key=batch_key, inplace=False).drop(columns="gene_name", errors="ignore")
+        sizes = _obs_column(adata.obs, batch_key, "batch", " Pass batch_key=None to ignore batches.").value_counts()
+        single = sizes.index[sizes == 1]
+        if len(single):
+            raise ValueError(f"obs[{batch_key!r}] has {len(single)} batch(es) of one cell ({_names_preview(single)}): seurat_v3 "
+                             "ranks the genes within each batch, which needs two cells at least. Pass batch_key=None to "
+                             "rank them on all cells together.")
+    for span in HVG_SPANS:
+        try:
+            ranking = sc.pp.highly_variable_genes(adata, flavor="seurat_v3", n_top_genes=n_top_genes, layer=layer,
+                                                  batch_key=batch_key, span=span, inplace=False)
+            break
+        except ValueError as error:
+            if span == HVG_SPANS[-1] or not _raised_in_loess(error): raise
+    if span != HVG_SPANS[0]:
+        warnings.warn(f"seurat_v3's loess of the genes' mean–variance trend was singular at span {HVG_SPANS[0]} (scanpy's "
+                      f"default), as it is in batches of few cells; the genes were ranked with span {span}")
+    ranking = ranking.drop(columns="gene_name", errors="ignore")
     if not subset:
         for column in ranking.columns:
             adata.var[column] = ranking[column].to_numpy()

@@ -28,7 +28,8 @@ from fastcore.basics import patch
 from fastcore.meta import delegates
 from tqdm import tqdm
 
-from .data import VALIDATION_FRACTION, check_cells_have_batches, check_counts, check_unique_genes, count_matrix, split_parts
+from .data import (VALIDATION_FRACTION, _names_preview, check_cells_have_batches, check_counts, check_unique_genes,
+    count_matrix, split_parts)
 from .distributed import gathered_from_processes, process_group, process_rank, select_device, world_size
 from .elbo import TERMS, component_log_densities, log_responsibilities
 from .files import atomic_path, write_json_atomic
@@ -68,10 +69,6 @@ def _batch_names(adata: ad.AnnData, batch_key: str | None) -> pd.Series:
     names = adata.obs[batch_key]
     check_cells_have_batches(names, batch_key)
     return names.astype(str)
-
-def _names_preview(names, n: int = 5) -> str:
-    names = list(names)
-    return ", ".join(map(repr, names[:n])) + (f" … ({len(names)} in all)" if len(names) > n else "")
 
 # %% ../nbs/11_model.ipynb #afda4292
 FORMAT_VERSION = 2  # version of the folder layout written by `GMVAE.save` (2: every module argument is saved)

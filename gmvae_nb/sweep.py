@@ -35,10 +35,10 @@ with optional_dependencies("sweep"):
     from traitlets.config import Config
 
 # %% auto #0
-__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'Run', 'plan_runs', 'run_status', 'RunKernelManager',
-           'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts', 'check_split', 'prepare_data',
-           'training_progress', 'sweep', 'collect', 'summarize', 'mean_pairwise_ari', 'cluster_stability', 'elbo_by_k',
-           'KChoice', 'choose_k', 'recommend_k']
+__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'SWEEP_TOP_GENES', 'Run', 'plan_runs', 'run_status',
+           'RunKernelManager', 'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts', 'check_split',
+           'genes_selected', 'prepare_data', 'training_progress', 'sweep', 'collect', 'summarize', 'mean_pairwise_ari',
+           'cluster_stability', 'elbo_by_k', 'KChoice', 'choose_k', 'recommend_k']
 
 # %% ../nbs/15_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
@@ -177,13 +177,21 @@ def check_split(
 
 # %% ../nbs/15_sweep.ipynb #1acf23c2
 _FIRST_RECIPE = dict(layer="counts", batch_key="batch", label_key=LABEL_KEY, test_fraction=0.1)  # what a recipe without these meant
+SWEEP_TOP_GENES = 2000  # the highly variable genes a sweep keeps by default, where the data hold more
+
+
+def genes_selected(n_top_genes: int | None, n_genes: int) -> int | None:
+    "How many genes a sweep selects of data with `n_genes`: `n_top_genes`, or None where it keeps every gene (`n_top_genes` 0, None or at least `n_genes`)."
+    if n_top_genes is not None and (isinstance(n_top_genes, bool) or int(n_top_genes) != n_top_genes or n_top_genes < 0):
+        raise ValueError(f"n_top_genes must be a whole number of at least 0 (0: every gene), got {n_top_genes!r}")
+    return int(n_top_genes) if n_top_genes and n_top_genes < n_genes else None
 
 
 def prepare_data(
     data: str | Path,  # an .h5ad file of raw counts, or preset:NAME to simulate
     out: str | Path,  # the sweep's folder: writes out/data.h5ad
     split_seed: int = 0,  # seed of the split (and of the simulation)
-    n_top_genes: int | None = None,  # keep this many highly variable genes (None: all)
+    n_top_genes: int | None = SWEEP_TOP_GENES,  # keep at most this many highly variable genes (0 or None: all)
     layer: str | None = "counts",  # layer of the raw counts; None: X
     batch_key: str | None = "batch",  # obs column of the batches; None: a single batch
     label_key: str | None = LABEL_KEY,  # obs column of the cell types; None, or the default where it is missing: no labels
@@ -193,21 +201,25 @@ def prepare_data(
     from gmvae_nb.data import VALIDATION_FRACTION, select_genes, split, write_h5ad
     out, source = Path(out), str(data)
     path = out / "data.h5ad"
+    genes_selected(n_top_genes, 0)  # a bad n_top_genes fails before anything is read
     recipe = dict(data=source, split_seed=split_seed, n_top_genes=n_top_genes, layer=layer, batch_key=batch_key,
                   label_key=label_key, test_fraction=test_fraction)
     if path.exists():
-        found = _FIRST_RECIPE | json.loads(ad.read_h5ad(path, backed="r").uns["sweep_data"]["recipe"])
+        prepared = ad.read_h5ad(path, backed="r")
+        found = _FIRST_RECIPE | json.loads(prepared.uns["sweep_data"]["recipe"])
+        if found.get("n_top_genes") is None: recipe["n_top_genes"] = genes_selected(n_top_genes, prepared.n_vars)  # it kept every gene
         changed = [key for key in recipe if found.get(key) != recipe[key]]
         if changed:
             raise ValueError(f"{path} was prepared with {', '.join(f'{key}={found.get(key)!r}' for key in changed)}, not "
-                             f"{', '.join(f'{key}={recipe[key]!r}' for key in changed)}: use another --out folder")
+                             f"{', '.join(f'{key}={recipe[key]!r}' for key in changed)}: use another --out folder, or its settings")
         return path
     if not 0 < test_fraction <= 0.5: raise ValueError(f"test_fraction must be above 0 and at most 0.5, got {test_fraction}")
     if source.startswith("preset:"):
         from gmvae_nb.simulate import simulate
         data = simulate(source.removeprefix("preset:"), seed=split_seed)
     adata = canonical_counts(data, layer=layer, batch_key=batch_key, label_key=label_key)
-    if n_top_genes: adata = select_genes(adata, n_top_genes=n_top_genes)
+    recipe["n_top_genes"] = genes_selected(n_top_genes, adata.n_vars)
+    if recipe["n_top_genes"]: adata = select_genes(adata, n_top_genes=recipe["n_top_genes"])
     split(adata, fractions=(1 - VALIDATION_FRACTION - test_fraction, VALIDATION_FRACTION, test_fraction), seed=split_seed)
     check_split(adata, test_fraction, label_key)
     adata.uns["sweep_data"] = {"recipe": json.dumps(recipe), "labelled": LABEL_KEY in adata.obs}
@@ -264,7 +276,7 @@ def _distributed(jobs: list[tuple[Path, dict]], scheduler: str, notebook, kernel
 # %% ../nbs/15_sweep.ipynb #b61da4de
 def sweep(data: str | Path, Ks=BLOG_GRID, repeats: int = 6, out: str | Path = "sweeps/default",
           workers: int = 1, scheduler: str | None = None, base_seed: int = 0, split_seed: int = 0,
-          n_top_genes: int | None = None, test_fraction: float = 0.1, layer: str | None = "counts",
+          n_top_genes: int | None = SWEEP_TOP_GENES, test_fraction: float = 0.1, layer: str | None = "counts",
           batch_key: str | None = "batch", label_key: str | None = LABEL_KEY, notebook: str | Path = RUN_NOTEBOOK,
           kernel_name: str | None = None, **parameters) -> pd.DataFrame:
     "Run the training notebook for every (K, seed) on `data` prepared by `prepare_data`; finished runs are skipped. `parameters` go to the notebook."

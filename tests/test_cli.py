@@ -112,7 +112,7 @@ def test_user_errors_are_one_line_naming_the_flag_with_exit_status_2(tmp_path):
         (["sweep", "--data", data, "--batch-key", "donors"], "Pass --batch-key <column> naming the batches, or --batch-key none"),
         (["sweep", "--data", data, "--layer", "raw"], "has no layer 'raw'; its layers are ['counts']. Use --layer X"),
         (["sweep", "--data", data, "--test-fraction", 0.7], "--test-fraction must be above 0 and at most 0.5, got 0.7"),
-        (["sweep", "--data", data, "--n-top-genes", 31], "--n-top-genes must be between 1 and the number of genes (30), not 31"),
+        (["sweep", "--data", data, "--n-top-genes", -1], "--n-top-genes must be a whole number of at least 0 (0: every gene), got -1"),
         (["sweep", "--data", data], "cells, too few to score: the metrics need at least 16; pass a larger --test-fraction"),
     ]
     for argv, problem in cases:
