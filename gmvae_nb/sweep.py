@@ -35,9 +35,9 @@ with optional_dependencies("sweep"):
     from traitlets.config import Config
 
 # %% auto #0
-__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'SWEEP_TOP_GENES', 'Run', 'plan_runs', 'run_status',
-           'RunKernelManager', 'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts', 'check_split',
-           'genes_selected', 'prepare_data', 'training_progress', 'sweep', 'collect', 'summarize', 'mean_pairwise_ari',
+__all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'Run', 'plan_runs', 'run_status', 'RunKernelManager',
+           'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts', 'check_split', 'genes_selected',
+           'prepare_data', 'training_progress', 'sweep', 'collect', 'summarize', 'mean_pairwise_ari',
            'cluster_stability', 'elbo_by_k', 'KChoice', 'choose_k', 'recommend_k']
 
 # %% ../nbs/15_sweep.ipynb #d22cfc08
@@ -177,9 +177,6 @@ def check_split(
 
 # %% ../nbs/15_sweep.ipynb #1acf23c2
 _FIRST_RECIPE = dict(layer="counts", batch_key="batch", label_key=LABEL_KEY, test_fraction=0.1)  # what a recipe without these meant
-SWEEP_TOP_GENES = 2000  # the highly variable genes a sweep keeps by default, where the data hold more
-
-
 def genes_selected(n_top_genes: int | None, n_genes: int) -> int | None:
     "How many genes a sweep selects of data with `n_genes`: `n_top_genes`, or None where it keeps every gene (`n_top_genes` 0, None or at least `n_genes`)."
     if n_top_genes is not None and (isinstance(n_top_genes, bool) or int(n_top_genes) != n_top_genes or n_top_genes < 0):
@@ -191,7 +188,7 @@ def prepare_data(
     data: str | Path,  # an .h5ad file of raw counts, or preset:NAME to simulate
     out: str | Path,  # the sweep's folder: writes out/data.h5ad
     split_seed: int = 0,  # seed of the split (and of the simulation)
-    n_top_genes: int | None = SWEEP_TOP_GENES,  # keep at most this many highly variable genes (0 or None: all)
+    n_top_genes: int | None = None,  # keep at most this many highly variable genes (0 or None: all)
     layer: str | None = "counts",  # layer of the raw counts; None: X
     batch_key: str | None = "batch",  # obs column of the batches; None: a single batch
     label_key: str | None = LABEL_KEY,  # obs column of the cell types; None, or the default where it is missing: no labels
@@ -276,7 +273,7 @@ def _distributed(jobs: list[tuple[Path, dict]], scheduler: str, notebook, kernel
 # %% ../nbs/15_sweep.ipynb #b61da4de
 def sweep(data: str | Path, Ks=BLOG_GRID, repeats: int = 6, out: str | Path = "sweeps/default",
           workers: int = 1, scheduler: str | None = None, base_seed: int = 0, split_seed: int = 0,
-          n_top_genes: int | None = SWEEP_TOP_GENES, test_fraction: float = 0.1, layer: str | None = "counts",
+          n_top_genes: int | None = None, test_fraction: float = 0.1, layer: str | None = "counts",
           batch_key: str | None = "batch", label_key: str | None = LABEL_KEY, notebook: str | Path = RUN_NOTEBOOK,
           kernel_name: str | None = None, **parameters) -> pd.DataFrame:
     "Run the training notebook for every (K, seed) on `data` prepared by `prepare_data`; finished runs are skipped. `parameters` go to the notebook."
