@@ -17,7 +17,7 @@ from typing import Callable
 from . import __version__
 
 # %% auto #0
-__all__ = ['NONE_SPELLINGS', 'TRAIN_OPTIONS', 'DATA_OPTIONS', 'FIT_OPTIONS', 'MODEL_SETTINGS', 'SWEEP_OPTIONS',
+__all__ = ['NONE_SPELLINGS', 'TRAIN_OPTIONS', 'DATA_OPTIONS', 'GENE_OPTIONS', 'FIT_OPTIONS', 'MODEL_SETTINGS', 'SWEEP_OPTIONS',
            'MAIN_JOB_TRAINING', 'simulate_command', 'add_library_options', 'given', 'fit_command', 'add_fit_parser',
            'add_sweep_options', 'sweep_command', 'report_command', 'main_command', 'build_parser', 'in_flags', 'main']
 
@@ -109,6 +109,10 @@ DATA_OPTIONS = {  # how fit and sweep read the user's .h5ad -> argparse settings
                            help="obs column of the cell types the runs are scored against, or none; data without the "
                                 "default column are unlabelled"),
 }
+GENE_OPTIONS = {  # which genes fit and sweep train on -> argparse settings, with sweep's default
+    ("--n-top-genes",): dict(dest="n_top_genes", type=int, default=None,
+                             help="keep at most this many genes, the most variable on the counts (scanpy's seurat_v3) (default: all)"),
+}
 
 # %% ../nbs/12_cli.ipynb #6f0ffbbf
 FIT_OPTIONS = {  # options of fit alone -> argparse settings, with the library's default (GMVAE's or GMVAE.fit's)
@@ -131,7 +135,7 @@ MODEL_SETTINGS = ("n_clusters", "seed", "n_x", "n_w")  # the settings that go to
 # %% ../nbs/12_cli.ipynb #599d5868
 def fit_command(args: argparse.Namespace) -> Path:
     "Fit a GMVAE to `args.data`; write the model to `OUT/model/` and the annotated data to `OUT/adata.h5ad` (from rank 0 under `torchrun`)."
-    from gmvae_nb.data import load_counts, write_h5ad
+    from gmvae_nb.data import genes_selected, load_counts, select_genes, write_h5ad
     from gmvae_nb.model import GMVAE
     from gmvae_nb.distributed import process_rank, select_device
     settings = given(args, TRAIN_OPTIONS) | given(args, FIT_OPTIONS)
@@ -141,6 +145,8 @@ def fit_command(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     adata = load_counts(args.data, **given(args, DATA_OPTIONS), label_key=None)
     loaded = adata.uns["gmvae_nb"]  # the layer and the batch column it read (the library's defaults unless given)
+    n_top_genes = genes_selected(given(args, GENE_OPTIONS).get("n_top_genes"), adata.n_vars)
+    if n_top_genes: adata = select_genes(adata, n_top_genes=n_top_genes, batch_key=loaded["batch_key"])
     model = GMVAE(adata, batch_key=loaded["batch_key"],
                   **{name: settings.pop(name) for name in MODEL_SETTINGS if name in settings})
     model.fit(**settings, progress=not args.quiet, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
@@ -152,6 +158,7 @@ def fit_command(args: argparse.Namespace) -> Path:
     model.adata, model.layer = ad.read_h5ad(args.data), loaded["source_layer"]
     model.get_latent()
     model.predict()
+    model.adata.var["gmvae_gene"] = model.adata.var_names.isin(model.genes)
     model.save(out / "model", overwrite=True)
     write_h5ad(model.adata, out / "adata.h5ad")
     last = model.history.iloc[-1]
@@ -166,6 +173,7 @@ def add_fit_parser(commands) -> argparse.ArgumentParser:
     fit.add_argument("data", help="an .h5ad file of raw counts")
     fit.add_argument("--out", required=True, help="output folder: model/ and adata.h5ad are written there")
     add_library_options(fit, {flags: s for flags, s in DATA_OPTIONS.items() if s["dest"] != "label_key"})  # fit needs no labels
+    add_library_options(fit, GENE_OPTIONS)
     add_library_options(fit, FIT_OPTIONS | TRAIN_OPTIONS)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.add_argument("--checkpoint-dir", default=None,
@@ -182,8 +190,7 @@ SWEEP_OPTIONS = {  # options of sweep and main -> argparse settings, with gmvae_
     ("--repeats",): dict(dest="repeats", type=int, help="seeds per K", default=6),
     ("--seed",): dict(dest="base_seed", type=int, help="seed of each K's first run; its repeats take the next ones", default=0),
     ("--split-seed",): dict(dest="split_seed", type=int, help="seed of the train/validation/test split", default=0),
-    ("--n-top-genes",): dict(dest="n_top_genes", type=int, default=None,
-                             help="keep at most this many genes, the most variable on the counts (scanpy's seurat_v3) (default: all)"),
+    **GENE_OPTIONS,
     ("--test-fraction",): dict(dest="test_fraction", type=float, default=0.1,
                                help="fraction of each batch's cells held out to score the runs; validation takes another 0.1"),
     ("--workers",): dict(dest="workers", type=int, help="runs at once on this machine", default=1),

@@ -7,6 +7,7 @@ Docs: https://gmvae-nb.github.io/gmvae-nb/data.html.md"""
 # %% ../nbs/01_data.ipynb #038881c7
 from __future__ import annotations
 
+import numbers
 import traceback
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +27,7 @@ from .files import atomic_path
 # %% auto #0
 __all__ = ['HVG_SPANS', 'SPLITS', 'VALIDATION_FRACTION', 'check_counts', 'check_cells_have_batches', 'check_obs_columns',
            'check_unique_genes', 'as_string_categories', 'count_matrix', 'load_counts', 'optional_dependencies',
-           'select_genes', 'split_parts', 'split', 'write_h5ad']
+           'select_genes', 'genes_selected', 'split_parts', 'split', 'write_h5ad']
 
 # %% ../nbs/01_data.ipynb #13dd5fa0
 _BLOCK_ENTRIES = 2**22  # stored entries read, checked and converted at a time (≈ 50 MB as float64 values + int32 indices)
@@ -402,6 +403,17 @@ def select_genes(
     for column in ranking.columns:
         var[column] = ranking[column].to_numpy()[selected]
     return _counts_anndata(counts[:, selected], adata.obs.copy(), var, adata.uns)
+
+# %% ../nbs/01_data.ipynb #9d2f4a7e
+def genes_selected(
+    n_top_genes: int | None,  # keep at most this many genes; 0 or None: every gene
+    n_genes: int,  # genes the data hold
+) -> int | None:  # the number of genes to select, or None where every gene is kept
+    "How many genes `select_genes` is asked for of data with `n_genes`: `n_top_genes`, or None where every gene is kept (`n_top_genes` 0, None or at least `n_genes`)."
+    whole = isinstance(n_top_genes, numbers.Real) and not isinstance(n_top_genes, bool) and float(n_top_genes).is_integer()
+    if n_top_genes is not None and not (whole and n_top_genes >= 0):
+        raise ValueError(f"n_top_genes must be a whole number of at least 0 (0: every gene), got {n_top_genes!r}")
+    return int(n_top_genes) if n_top_genes and n_top_genes < n_genes else None
 
 # %% ../nbs/01_data.ipynb #20424568
 SPLITS = ("train", "validation", "test")

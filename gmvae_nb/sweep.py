@@ -36,9 +36,9 @@ with optional_dependencies("sweep"):
 
 # %% auto #0
 __all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'Run', 'plan_runs', 'run_status', 'RunKernelManager',
-           'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts', 'check_split', 'genes_selected',
-           'prepare_data', 'training_progress', 'sweep', 'collect', 'summarize', 'mean_pairwise_ari',
-           'cluster_stability', 'elbo_by_k', 'KChoice', 'choose_k', 'recommend_k']
+           'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts', 'check_split', 'prepare_data',
+           'training_progress', 'sweep', 'collect', 'summarize', 'mean_pairwise_ari', 'cluster_stability', 'elbo_by_k',
+           'KChoice', 'choose_k', 'recommend_k']
 
 # %% ../nbs/15_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
@@ -177,13 +177,6 @@ def check_split(
 
 # %% ../nbs/15_sweep.ipynb #1acf23c2
 _FIRST_RECIPE = dict(layer="counts", batch_key="batch", label_key=LABEL_KEY, test_fraction=0.1)  # what a recipe without these meant
-def genes_selected(n_top_genes: int | None, n_genes: int) -> int | None:
-    "How many genes a sweep selects of data with `n_genes`: `n_top_genes`, or None where it keeps every gene (`n_top_genes` 0, None or at least `n_genes`)."
-    if n_top_genes is not None and (isinstance(n_top_genes, bool) or int(n_top_genes) != n_top_genes or n_top_genes < 0):
-        raise ValueError(f"n_top_genes must be a whole number of at least 0 (0: every gene), got {n_top_genes!r}")
-    return int(n_top_genes) if n_top_genes and n_top_genes < n_genes else None
-
-
 def prepare_data(
     data: str | Path,  # an .h5ad file of raw counts, or preset:NAME to simulate
     out: str | Path,  # the sweep's folder: writes out/data.h5ad
@@ -195,7 +188,7 @@ def prepare_data(
     test_fraction: float = 0.1,  # of each batch's cells held out to score the runs, at most 0.5
 ) -> Path:  # out/data.h5ad
     "Load or simulate `data` in the sweep's shape, select genes, split it, check that every run can be scored, and write `out/data.h5ad` (once)."
-    from gmvae_nb.data import VALIDATION_FRACTION, select_genes, split, write_h5ad
+    from gmvae_nb.data import VALIDATION_FRACTION, genes_selected, select_genes, split, write_h5ad
     out, source = Path(out), str(data)
     path = out / "data.h5ad"
     genes_selected(n_top_genes, 0)  # a bad n_top_genes fails before anything is read
