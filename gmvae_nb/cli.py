@@ -142,11 +142,13 @@ def fit_command(args: argparse.Namespace) -> Path:
     if "device" in settings:
         try: select_device(settings["device"])
         except RuntimeError as e: raise ValueError(*e.args) from e  # a device this machine lacks: bad input, before any work
+    n_top_genes = given(args, GENE_OPTIONS).get("n_top_genes")
+    genes_selected(n_top_genes, 0)  # a bad --n-top-genes fails before the data are read
     out = Path(args.out)
     adata = load_counts(args.data, **given(args, DATA_OPTIONS), label_key=None)
     loaded = adata.uns["gmvae_nb"]  # the layer and the batch column it read (the library's defaults unless given)
-    n_top_genes = genes_selected(given(args, GENE_OPTIONS).get("n_top_genes"), adata.n_vars)
-    if n_top_genes: adata = select_genes(adata, n_top_genes=n_top_genes, batch_key=loaded["batch_key"])
+    if n_top_genes := genes_selected(n_top_genes, adata.n_vars):
+        adata = select_genes(adata, n_top_genes=n_top_genes, batch_key=loaded["batch_key"])
     model = GMVAE(adata, batch_key=loaded["batch_key"],
                   **{name: settings.pop(name) for name in MODEL_SETTINGS if name in settings})
     model.fit(**settings, progress=not args.quiet, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
