@@ -40,6 +40,28 @@ def pca_baseline(
     adata.obsm[key] = normalised.obsm["X_pca"]
     return adata.obsm[key]
 
+# %% ../nbs/14_baselines.ipynb #8e2d4f61
+def _training_cells(
+    adata: ad.AnnData,  # the cells to embed
+    train_cells,  # boolean mask over them of the cells to train on, or None for every cell
+    batch_key: str | None,  # `obs` column of the batches (None: one batch)
+) -> np.ndarray:  # boolean mask, one entry per cell
+    "The mask of the cells a baseline trains on, checked: booleans, one per cell, at least one cell of every batch."
+    if train_cells is None: return np.ones(adata.n_obs, dtype=bool)
+    mask = np.asarray(train_cells)
+    if mask.dtype != bool:
+        raise TypeError(f"train_cells must be a boolean mask over the {adata.n_obs:,} cells (True: trained on), got dtype {mask.dtype}")
+    if mask.shape != (adata.n_obs,):
+        raise ValueError(f"train_cells has {mask.size:,} entries for {adata.n_obs:,} cells")
+    if not mask.any(): raise ValueError(f"train_cells selects none of the {adata.n_obs:,} cells")
+    if batch_key is not None:
+        batches = adata.obs[batch_key].astype(str)
+        missing = sorted(set(batches[~mask]) - set(batches[mask]))
+        if missing:
+            raise ValueError(f"train_cells holds no cell of batch {missing[0]!r}{f' (nor of {len(missing) - 1} more)' if len(missing) > 1 else ''}: "
+                             "scVI cannot embed the cells of a batch it never trained on")
+    return mask
+
 # %% ../nbs/14_baselines.ipynb #bf0881db
 def scvi_baseline(
     adata: ad.AnnData,  # cells × genes with raw counts
@@ -49,15 +71,18 @@ def scvi_baseline(
     max_epochs: int | None = None,  # training epochs (None: scvi-tools' default for the data size)
     key: str = "X_scVI",  # `obsm` key written
     seed: int = 0,  # `scvi.settings.seed`
+    train_cells=None,  # boolean mask over the cells: those scVI trains on (None: every cell); every cell is embedded
     **train_kwargs,  # passed on to `scvi.model.SCVI.train`
 ) -> np.ndarray:  # cells × n_latent, also written to `adata.obsm[key]`
-    "Batch-corrected baseline: the latent mean of scVI (needs the optional extra `scvi-tools`)."
+    "Batch-corrected baseline: the latent mean of scVI (needs the optional extra `scvi-tools`), trained on `train_cells` and written for every cell."
+    training = _training_cells(adata, train_cells, batch_key)
     with optional_dependencies("scvi"): import scvi
     scvi.settings.seed = seed
     view = ad.AnnData(obs=adata.obs[[batch_key]] if batch_key else pd.DataFrame(index=adata.obs_names),
                       var=pd.DataFrame(index=adata.var_names), layers={"counts": count_matrix(adata, layer)})
-    scvi.model.SCVI.setup_anndata(view, layer="counts", batch_key=batch_key)
-    model = scvi.model.SCVI(view, n_latent=n_latent)
+    trained_on = view if training.all() else view[training].copy()
+    scvi.model.SCVI.setup_anndata(trained_on, layer="counts", batch_key=batch_key)
+    model = scvi.model.SCVI(trained_on, n_latent=n_latent)
     model.train(max_epochs=max_epochs, **train_kwargs)
-    adata.obsm[key] = model.get_latent_representation()
+    adata.obsm[key] = model.get_latent_representation(view)
     return adata.obsm[key]

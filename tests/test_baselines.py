@@ -1,6 +1,7 @@
-"The baselines from outside: on the real multiome starter file, PCA leaves the counts alone, is seeded and scores finitely; bad input and a missing scVI say what to do."
+"The baselines from outside: on the real multiome starter file, PCA leaves the counts alone, is seeded and scores finitely; scVI trains on the cells asked for and embeds every cell; bad input and a missing scVI say what to do."
 import re
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -39,3 +40,49 @@ def test_scvi_baseline_without_scvi_tools_says_how_to_install(monkeypatch, start
     monkeypatch.setitem(sys.modules, "scvi", None)  # `import scvi` now raises ImportError, installed or not
     with pytest.raises(ImportError, match=r"'scvi' extra, pip install \"gmvae-nb\[scvi\]\""):
         scvi_baseline(starter)
+
+
+class StandInSCVI:
+    "Stands in for `scvi.model.SCVI` (scvi-tools is an optional extra that `make` does not install): records the cells it is set up and trained on, and embeds a cell as its total count in every dimension."
+    calls: dict = {}
+
+    def __init__(self, adata, n_latent):
+        self.adata, self.n_latent = adata, n_latent
+
+    @staticmethod
+    def setup_anndata(adata, layer, batch_key):
+        StandInSCVI.calls["setup"] = (adata.obs_names.tolist(), layer, batch_key)
+
+    def train(self, max_epochs=None, **kwargs):
+        StandInSCVI.calls["train"] = (self.adata.obs_names.tolist(), max_epochs, kwargs)
+
+    def get_latent_representation(self, adata=None):
+        cells = self.adata if adata is None else adata
+        return np.asarray(cells.layers["counts"].sum(axis=1)).reshape(-1, 1).repeat(self.n_latent, axis=1)
+
+
+def test_scvi_baseline_trains_on_train_cells_and_embeds_every_cell(monkeypatch, starter):
+    scvi = types.ModuleType("scvi")
+    scvi.settings, scvi.model = types.SimpleNamespace(seed=None), types.SimpleNamespace(SCVI=StandInSCVI)
+    monkeypatch.setitem(sys.modules, "scvi", scvi)
+    adata = starter.copy()
+    train = np.arange(adata.n_obs) % 10 != 0  # a tenth held out, as a sweep holds out its test cells
+    latent = scvi_baseline(adata, n_latent=3, seed=7, train_cells=train, max_epochs=2, enable_progress_bar=False)
+    trained_on = adata.obs_names[train].tolist()
+    assert StandInSCVI.calls["setup"] == (trained_on, "counts", "batch")
+    assert StandInSCVI.calls["train"] == (trained_on, 2, {"enable_progress_bar": False}) and scvi.settings.seed == 7
+    # every cell embedded, in adata's order, the held-out ones included
+    totals = np.asarray(adata.layers["counts"].sum(axis=1)).reshape(-1, 1)
+    np.testing.assert_array_equal(latent, totals.repeat(3, axis=1))
+    assert adata.obsm["X_scVI"] is latent
+    scvi_baseline(adata, key="every_cell")  # without a mask it trains on every cell
+    assert StandInSCVI.calls["train"][0] == adata.obs_names.tolist()
+
+
+def test_scvi_baseline_names_a_bad_mask_before_importing_scvi(monkeypatch, starter):
+    monkeypatch.setitem(sys.modules, "scvi", None)  # the mask is checked first: its error, not the missing extra's
+    one_donor = (starter.obs["batch"] == "s1d1").to_numpy()
+    with pytest.raises(ValueError, match="train_cells holds no cell of batch 's1d2': scVI cannot embed the cells of a batch it never trained on"):
+        scvi_baseline(starter, train_cells=one_donor)
+    with pytest.raises(ValueError, match="train_cells has 499 entries for 500 cells"):
+        scvi_baseline(starter, train_cells=np.ones(499, dtype=bool))
