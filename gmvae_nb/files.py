@@ -1,4 +1,4 @@
-"""Write every output file atomically: the writer fills a temporary file beside the destination, which replaces it only when the writer succeeded; JSON documents through the same mechanism.
+"""Write every output file atomically: the writer fills a temporary file beside the destination, which replaces it only when the writer succeeded; JSON documents through the same mechanism; and progress bars that redraw no faster than the place they are written to can take.
 
 Docs: https://gmvae-nb.github.io/gmvae-nb/files.html.md"""
 
@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tqdm import tqdm
+
 # %% auto #0
-__all__ = ['atomic_path', 'leftover_temporaries', 'write_json_atomic']
+__all__ = ['LOG_REFRESH_SECONDS', 'atomic_path', 'leftover_temporaries', 'write_json_atomic', 'is_interactive', 'progress_bar']
 
 # %% ../nbs/00_files.ipynb #2b1f7000
 @contextmanager
@@ -42,3 +45,18 @@ def write_json_atomic(obj, path: str | Path) -> Path:
     "Write `obj` as JSON to `path` atomically (see `atomic_path`); numpy scalars become floats."
     with atomic_path(path) as tmp: tmp.write_text(json.dumps(obj, indent=1, default=float))
     return Path(path)
+
+# %% ../nbs/00_files.ipynb #b1e70a02
+LOG_REFRESH_SECONDS = 30.0  # the least time between two redraws of a progress bar written to a file or a pipe
+
+def is_interactive(stream=None) -> bool:
+    "Whether `stream` (None: `sys.stderr`) is shown as it is written, a bar redrawn in place: a terminal or a Jupyter kernel's output, rather than a file or a pipe, which keep every redraw."
+    stream = sys.stderr if stream is None else stream
+    if type(stream).__module__.split(".")[0] == "ipykernel": return True  # its OutStream says it is no terminal
+    try: return bool(stream.isatty())
+    except (AttributeError, ValueError): return False  # no isatty, or a closed stream
+
+def progress_bar(**kwargs) -> tqdm:
+    "A tqdm bar (`kwargs` are tqdm's) that redraws as often as tqdm does where `is_interactive` says its stream is shown as written, and at most every `LOG_REFRESH_SECONDS` elsewhere."
+    every = 0.1 if is_interactive(kwargs.get("file")) else LOG_REFRESH_SECONDS  # 0.1: tqdm's own
+    return tqdm(mininterval=every, maxinterval=max(every, 10.0), **kwargs)  # 10: tqdm's own

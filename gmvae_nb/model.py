@@ -26,13 +26,12 @@ import psutil
 import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
-from tqdm import tqdm
 
 from .data import (VALIDATION_FRACTION, _names_preview, check_cells_have_batches, check_counts, check_unique_genes,
     count_matrix, split_parts)
 from .distributed import gathered_from_processes, process_group, process_rank, select_device, world_size
 from .elbo import TERMS, component_log_densities, log_responsibilities
-from .files import atomic_path, write_json_atomic
+from .files import atomic_path, progress_bar, write_json_atomic
 from .loaders import CSRLoader, DiskRows, Minibatch, on_disk
 from .modules import GMVAEModule
 from .train import TrainConfig, fit_module, seed_streams
@@ -549,8 +548,8 @@ def _restarts_side_by_side(self: GMVAE, plan: RestartPlan, n_jobs: int, threads:
     costs = [(plan.init_epochs if start == "gmm" else 0) + epochs for start in plan.starts]
     groups = restart_groups(costs, n_jobs)
     runs = {}
-    with tqdm(total=len(plan.starts), disable=not plan.progress, unit="restart", dynamic_ncols=True,
-              desc=f"{len(plan.starts)} restarts in {len(groups)} processes of {threads} thread{'s' * (threads > 1)}") as bar:
+    with progress_bar(total=len(plan.starts), disable=not plan.progress, unit="restart", dynamic_ncols=True,
+                      desc=f"{len(plan.starts)} restarts in {len(groups)} processes of {threads} thread{'s' * (threads > 1)}") as bar:
         for group, trained in zip(groups, Parallel(n_jobs=len(groups), backend="loky", return_as="generator")(
                 delayed(_restarts_in_process)(trainer, group, replace(plan, progress=False), threads) for group in groups)):
             runs |= dict(zip(group, trained))

@@ -31,6 +31,7 @@ from .distributed import ShardedLoader, process_group, process_rank, select_devi
 from .distributed import elbo_through_ddp, sum_over_pieces
 from .elbo import TERMS
 from .elbo import loss as elbo_loss
+from .files import progress_bar
 from .loaders import CSRLoader, Minibatch
 
 # %% auto #0
@@ -342,8 +343,8 @@ def fit_module(module: nn.Module,
                                  f"past max_epochs={config.max_epochs}")
             run = _restore_checkpoint(saved, module, optimizer, train.rng, generator, device)
         elbo = torch.compile(module.elbo, dynamic=True) if config.compile else None
-        bar = tqdm(total=(config.max_epochs - run["epoch"]) * len(train), disable=not progress or rank != 0,
-                   unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=(config.max_epochs - run["epoch"]) * len(train), disable=not progress or rank != 0,
+                           unit="step", dynamic_ncols=True)
         synced = elbo_through_ddp(module, device, config.compile) if pieces["world_size"] > 1 else nullcontext(elbo)
         with synced as step_elbo, _forked_rng(device), reused_heap(config.reuse_heap):
             torch.manual_seed(seeds["dropout"] + rank)
@@ -352,7 +353,7 @@ def fit_module(module: nn.Module,
                 epoch = run["epoch"] = run["epoch"] + 1
                 started = time.perf_counter()
                 for group in optimizer.param_groups: group["lr"] = config.lr_at(epoch)
-                bar.set_description(f"{label}epoch {epoch}/{config.max_epochs}")
+                bar.set_description(f"{label}epoch {epoch}/{config.max_epochs}", refresh=False)
                 means = train_epoch(module, train, optimizer, config, epoch, (epoch - 1) * len(train) + 1,
                                     generator, device, step_elbo, bar)
                 if after_steps is not None: after_steps(dict(epoch=epoch, kl_weight=means["kl_weight"]))
@@ -367,7 +368,7 @@ def fit_module(module: nn.Module,
                 _track_best(run, row, config, module)
                 row["seconds"] = time.perf_counter() - started
                 run["history"].append(row)
-                bar.set_postfix(_postfix(row))
+                bar.set_postfix(_postfix(row), refresh=False)
                 if on_epoch is not None and rank == 0: on_epoch(row | {"max_epochs": config.max_epochs, "stage": label.strip(", ")})
                 if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or epoch == config.max_epochs
                                                    or run["stopped_early"]):

@@ -1,10 +1,12 @@
 "The `gmvae-nb` command line, run as a user runs it: a subprocess of the installed console script."
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anndata as ad
@@ -94,6 +96,28 @@ def test_outputs_are_created_with_the_users_umask(tmp_path):
     modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()}
     assert {"data.h5ad", "run/adata.h5ad", "run/model/model.pt", "run/model/config.json"} <= set(modes)
     assert set(modes.values()) == {0o644}, modes
+
+
+def test_fit_into_a_log_file_draws_its_bar_a_few_times_not_at_every_step(tmp_path):
+    """A batch job's log keeps every redraw of a progress bar: `fit` with its stderr in a file draws its bar when it
+    starts and ends (and every `LOG_REFRESH_SECONDS` between), not at each of its steps and epochs, and the last draw
+    shows the last epoch and its loss terms."""
+    from gmvae_nb.files import LOG_REFRESH_SECONDS
+
+    data = tmp_path / "data.h5ad"
+    assert run_cli("simulate", "--n-cells", 600, "--n-genes", 40, "--out", data).returncode == 0
+    log = tmp_path / "fit.log"
+    with open(log, "wb") as stderr:
+        started = time.perf_counter()
+        result = subprocess.run([CLI, *map(str, ("fit", data, "--out", tmp_path / "run", "-K", 2, "--epochs", 30, "--n-init", 1,
+                                                 "--no-early-stopping"))], stdout=subprocess.PIPE, stderr=stderr)
+        seconds = time.perf_counter() - started
+    written = log.read_bytes().decode()  # not read_text, whose universal newlines turn each "\r" into a "\n"
+    assert result.returncode == 0, written
+    last = written.split("\r")[-1]
+    assert last.startswith("epoch 30/30: 100%") and "neg_elbo=" in last, last
+    steps = int(re.search(r"\| (\d+)/\1 \[", last).group(1))  # tqdm's 150/150 of 5 minibatches an epoch
+    assert written.count("\r") <= 2 + seconds // LOG_REFRESH_SECONDS < steps, (written.count("\r"), seconds, steps)
 
 
 def test_user_errors_are_one_line_naming_the_flag_with_exit_status_2(tmp_path):
