@@ -87,7 +87,8 @@ def _annotation(adata: ad.AnnData, key: str, what: str) -> np.ndarray:
         raise KeyError(f"{what} key {key!r} is not a column of adata.obs, which has {list(adata.obs.columns)}")
     column = adata.obs[key]
     if column.isna().any():
-        raise ValueError(f"adata.obs[{key!r}] ({what}) is missing for {column.isna().sum():,} of {len(column):,} cells")
+        raise ValueError(f"adata.obs[{key!r}] ({what}) is missing for {column.isna().sum():,} of {len(column):,} cells "
+                         f"(e.g. {list(adata.obs_names[column.isna().to_numpy()][:3])})")
     return column.astype(str).to_numpy()
 
 # %% ../nbs/13_metrics.ipynb #a501ce1e

@@ -115,8 +115,8 @@ def render_report(sweep: str | Path, out: str | Path | None = None, title: str |
                   renderer: str = "auto", seed: int = 0) -> Path:
     "Execute the report notebook over the `sweep` folder and write the HTML page to `out` (default SWEEP/report.html)."
     sweep = Path(sweep).absolute()
-    collect(sweep)  # fails early, naming the folder, when it holds no finished run
     if renderer not in ("auto", "quarto", "nbconvert"): raise ValueError(f"renderer must be auto, quarto or nbconvert, not {renderer!r}")
+    collect(sweep)  # fails early, naming the folder, when it holds no finished run
     if renderer == "auto": renderer = "quarto" if shutil.which("quarto") else "nbconvert"
     executed = sweep / "report.ipynb"
     parameters = {"sweep": str(sweep), "seed": seed} | ({"title": title} if title else {})

@@ -18,9 +18,13 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from gmvae_nb.baselines import pca_baseline, scvi_baseline
 from gmvae_nb.data import load_counts, write_h5ad
+from gmvae_nb.metrics import evaluate
 from gmvae_nb.model import FORMAT_VERSION, GMVAE
+from gmvae_nb.report import render_report
 from gmvae_nb.simulate import simulate
+from gmvae_nb.sweep import collect, prepare_data, sweep
 
 ERRORS_NOTEBOOK = Path(__file__).resolve().parents[1] / "nbs" / "errors.ipynb"
 TINY = dict(n_x=4, n_w=3, encoder_hidden=(16,), decoder_hidden=(16,), beta_hidden=(8,))  # builds and runs in ms
@@ -136,6 +140,33 @@ def no_train_cells() -> GMVAE:
     return GMVAE(adata, n_clusters=2, **TINY)
 
 
+def unlabelled(adata: ad.AnnData) -> ad.AnnData:
+    "`adata` without the cell types of cell3 and cell7."
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(object)
+    adata.obs.loc[["cell3", "cell7"], "cell_type"] = np.nan
+    return adata
+
+
+def embedded(n_cells: int = 40, cell_types=("B", "T"), non_finite_cells=()) -> ad.AnnData:
+    "`n_cells` cells of two batches and `cell_types` in turn, with a 3-dimensional embedding in `obsm['X_gmvae']`, NaN in `non_finite_cells`."
+    coordinates = np.random.default_rng(0).normal(size=(n_cells, 3)).astype(np.float32)
+    coordinates[list(non_finite_cells)] = np.nan
+    obs = pd.DataFrame({"batch": ["b0", "b1"] * (n_cells // 2), "cell_type": [cell_types[i % len(cell_types)] for i in range(n_cells)]},
+                       index=[f"cell{i}" for i in range(n_cells)])
+    return ad.AnnData(obs=obs, obsm={"X_gmvae": coordinates})
+
+
+def sweepable(folder: Path) -> Path:
+    "An h5ad of 200 simulated cells × 30 genes, enough for a sweep's test split of 10% to be scored."
+    return h5ad(folder, simulate("default", n_cells=200, n_genes=30, n_types=3, n_batches=2, seed=0))
+
+
+def prepared_with_a_tenth(folder: Path) -> Path:
+    "A sweep folder whose data were prepared with test_fraction=0.1."
+    prepare_data(sweepable(folder), folder / "sweep", test_fraction=0.1)
+    return folder / "sweep"
+
+
 CASES: dict[str, Callable[[Path], object]] = {
     "non-integer-counts": lambda tmp: GMVAE(with_values(1.5)),
     "log-normalised-counts": lambda tmp: GMVAE(toy(np.log1p(toy().layers["counts"].toarray()))),
@@ -182,6 +213,28 @@ CASES: dict[str, Callable[[Path], object]] = {
     "newer-format-version": lambda tmp: GMVAE.load(newer_format(tmp), toy()),
     "no-saved-model": lambda tmp: GMVAE.load(tmp, toy()),
     "save-over-a-model": lambda tmp: model().save(saved(tmp)),
+    "missing-embedding": lambda tmp: evaluate(embedded(), embedding="X_scVI"),
+    "non-finite-embedding": lambda tmp: evaluate(embedded(non_finite_cells=[2, 5])),
+    "missing-label-column-to-score": lambda tmp: evaluate(embedded(), label_key="celltype"),
+    "unlabelled-cells-to-score": lambda tmp: evaluate(unlabelled(embedded())),
+    "one-cell-type-to-score": lambda tmp: evaluate(embedded(cell_types=("B",))),
+    "too-few-cells-to-score": lambda tmp: evaluate(embedded(n_cells=12)),
+    "pca-components-above-cells-or-genes": lambda tmp: pca_baseline(toy()),
+    "train-cells-not-boolean": lambda tmp: scvi_baseline(toy(), train_cells=np.arange(12)),
+    "train-cells-wrong-length": lambda tmp: scvi_baseline(toy(), train_cells=np.ones(10, dtype=bool)),
+    "train-cells-none": lambda tmp: scvi_baseline(toy(), train_cells=np.zeros(12, dtype=bool)),
+    "train-cells-without-a-batch": lambda tmp: scvi_baseline(toy(), train_cells=(toy().obs["batch"] == "b0").to_numpy()),
+    "k-below-1": lambda tmp: sweep(h5ad(tmp), Ks=[0, 10], out=tmp / "sweep"),
+    "repeated-k": lambda tmp: sweep(h5ad(tmp), Ks=[10, 10], out=tmp / "sweep"),
+    "repeats-below-1": lambda tmp: sweep(h5ad(tmp), repeats=0, out=tmp / "sweep"),
+    "workers-below-1": lambda tmp: sweep(h5ad(tmp), workers=0, out=tmp / "sweep"),
+    "test-fraction-above-half": lambda tmp: sweep(h5ad(tmp), test_fraction=0.6, out=tmp / "sweep"),
+    "test-split-too-small": lambda tmp: sweep(h5ad(tmp), out=tmp / "sweep"),
+    "unlabelled-cells-in-sweep": lambda tmp: sweep(h5ad(tmp, unlabelled(toy())), out=tmp / "sweep"),
+    "sweep-folder-prepared-otherwise": lambda tmp: sweep(sweepable(tmp), test_fraction=0.2, out=prepared_with_a_tenth(tmp)),
+    "no-finished-runs": lambda tmp: collect(tmp),
+    "report-of-no-runs": lambda tmp: render_report(tmp),
+    "unknown-renderer": lambda tmp: render_report(tmp, renderer="pdf"),
 }
 
 
