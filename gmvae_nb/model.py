@@ -43,7 +43,7 @@ __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MI
            'fits_mixture_on_x', 'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo',
            'restart_agreement', 'choose_restart', 'mixing_em_every', 'em_mixing_weights', 'component_moments',
            'batch_alignment', 'aligned_latent', 'default_choose_after', 'RestartPlan', 'restart_groups', 'stored_bytes',
-           'side_by_side_memory', 'cgroup_memory_left', 'available_memory', 'resolve_n_jobs',
+           'side_by_side_memory', 'cgroup_memory_left', 'available_memory', 'resolve_n_jobs', 'cluster_categories',
            'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
@@ -781,6 +781,10 @@ def predict_proba(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int =
     return target if copy else proba
 
 # %% ../nbs/11_model.ipynb #08db9cdb
+def cluster_categories(clusters: np.ndarray, n_clusters: int) -> pd.Categorical:
+    "Every cell's cluster (integers below `n_clusters`) as a categorical of the clusters that hold cells, named '0', '1', … by their number, in its order."
+    return pd.Categorical.from_codes(clusters, [str(k) for k in range(n_clusters)]).remove_unused_categories()
+
 def _proba_key(key_added: str) -> str:
     "Where `predict(key_added=…)` puts the responsibilities: 'gmvae_cluster' -> 'gmvae_proba', 'leiden_like' -> 'leiden_like_proba'."
     return key_added.removesuffix("_cluster") + "_proba"
@@ -788,13 +792,12 @@ def _proba_key(key_added: str) -> str:
 @patch
 def predict(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = PREDICT_SAMPLES, batch_size: int = 1024,
             key_added: str = "gmvae_cluster", copy: bool = False) -> np.ndarray | ad.AnnData:
-    "Most responsible cluster of every cell (argmax of `predict_proba`), also written to `obs[key_added]` as a categorical, the responsibilities to `obsm[_proba_key(key_added)]`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
+    "Most responsible cluster of every cell (argmax of `predict_proba`), also written to `obs[key_added]` as a categorical of the clusters that hold cells (`cluster_categories`), the responsibilities to `obsm[_proba_key(key_added)]`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
     adata, proba = self._responsibilities(adata, n_samples, batch_size)
     clusters = proba.argmax(1)
     keys = dict(proba=_proba_key(key_added), cluster=key_added)
     target = self._annotate(adata, copy, _uns_key(key_added, "gmvae_cluster"), keys, obsm={keys["proba"]: proba},
-                            obs={key_added: pd.Categorical(clusters.astype(str), categories=[str(k) for k in range(self.n_clusters)])},
-                            n_samples=n_samples)
+                            obs={key_added: cluster_categories(clusters, self.n_clusters)}, n_samples=n_samples)
     return target if copy else clusters
 
 # %% ../nbs/11_model.ipynb #8734d9b5
@@ -921,9 +924,7 @@ def get_normalized_expression(
 def _groups(self: GMVAE, adata: ad.AnnData, groupby: str | None, batch_size: int) -> tuple[pd.Categorical, str]:
     "Every cell's group name (NaN: none) as a categorical, and what the groups are: obs[groupby], or the model's clusters for None."
     if groupby is None:
-        clusters = self._clusters(adata, batch_size)
-        categories = [str(k) for k in range(self.n_clusters)]
-        return pd.Categorical.from_codes(clusters, categories).remove_unused_categories(), "the model's clusters"
+        return cluster_categories(self._clusters(adata, batch_size), self.n_clusters), "the model's clusters"
     if groupby not in adata.obs:
         raise KeyError(f"obs has no column {groupby!r} (columns: {list(adata.obs.columns)}); pass groupby=None to compare the model's clusters")
     groups = pd.Categorical(adata.obs[groupby]).remove_unused_categories()

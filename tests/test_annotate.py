@@ -80,13 +80,39 @@ def test_copy_returns_an_annotated_copy_and_key_added_names_the_entries():
     second = GMVAE(adata, n_clusters=2, seed=1, **SMALL).fit(max_epochs=1, n_samples=1, progress=False, device="cpu")
     model.predict(other, n_samples=2)
     second.get_latent(other, key_added="X_gmvae_K2")
-    second.predict(other, n_samples=2, key_added="gmvae_K2_cluster")
+    second_clusters = second.predict(other, n_samples=2, key_added="gmvae_K2_cluster")
     assert {"gmvae_cluster", "gmvae_K2_cluster"} <= set(other.obs.columns)
     assert {"gmvae_proba", "X_gmvae_K2", "X_gmvae_K2_w", "gmvae_K2_proba"} <= set(other.obsm)
-    assert list(other.obs["gmvae_K2_cluster"].cat.categories) == ["0", "1"]
+    assert list(other.obs["gmvae_K2_cluster"].cat.categories) == [str(k) for k in np.unique(second_clusters)]
     assert other.uns["gmvae"]["params"]["n_clusters"] == 3
     assert other.uns["X_gmvae_K2"]["params"]["n_clusters"] == 2 and other.uns["gmvae_K2_cluster"]["params"]["n_clusters"] == 2
     assert other.uns["gmvae_K2_cluster"]["keys"] == {"proba": "gmvae_K2_proba", "cluster": "gmvae_K2_cluster"}
+
+
+def test_scanpy_groups_cells_by_the_clusters_when_components_are_empty():
+    """The clusters' column holds the clusters that hold cells, as Leiden's does: with a component no cell is in (as
+    `fit` leaves the components the data do not need; here made sure of by setting the least used one's weight to 0),
+    scanpy's `rank_genes_groups`, `dendrogram` and `dotplot`, which fail on a category without cells, group the cells
+    by it."""
+    import matplotlib
+    import scanpy as sc
+    import torch
+
+    matplotlib.use("Agg")
+    adata = users_anndata()
+    model = GMVAE(adata, n_clusters=4, seed=0, **SMALL).fit(n_init=1, progress=False, device="cpu")
+    with torch.no_grad(): model.module.pi_logits[np.bincount(model.predict(), minlength=4).argmin()] = -1e4
+    model.get_latent()
+    clusters = model.predict()
+    sizes = np.bincount(clusters, minlength=4)
+    assert (sizes == 0).any() and (sizes > 0).sum() >= 2 and (sizes[sizes > 0] >= 2).all(), sizes  # scanpy: 2 cells a group
+    column = adata.obs["gmvae_cluster"]
+    assert list(column.cat.categories) == [str(k) for k in np.unique(clusters)]
+    assert (column.astype(int).to_numpy() == clusters).all()  # a category is the component's number
+    sc.tl.rank_genes_groups(adata, "gmvae_cluster", method="wilcoxon")
+    assert list(adata.uns["rank_genes_groups"]["names"].dtype.names) == list(column.cat.categories)
+    sc.tl.dendrogram(adata, "gmvae_cluster", use_rep="X_gmvae")
+    sc.pl.dotplot(adata, adata.var_names[:3], groupby="gmvae_cluster", show=False)
 
 
 def test_cli_fit_keeps_the_users_x_umap_uns_and_cells(tmp_path):
