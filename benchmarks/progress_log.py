@@ -57,9 +57,10 @@ def main():
         with tempfile.TemporaryDirectory() as folder:
             log = Path(folder) / "stderr.log"
             with open(log, "w") as stderr:
-                done = subprocess.run([sys.executable, __file__, "--mode", mode, *sum(
-                    ([f"--{k.replace('_', '-')}", str(v)] for k, v in vars(args).items() if k != "mode"), [])],
-                    stdout=subprocess.PIPE, stderr=stderr, text=True, check=True, env=os.environ | {"OMP_NUM_THREADS": str(args.threads)})
+                command = [sys.executable, __file__, "--mode", mode, "--n-cells", str(args.n_cells), "--n-genes",
+                           str(args.n_genes), "--epochs", str(args.epochs), "--threads", str(args.threads)]
+                done = subprocess.run(command, stdout=subprocess.PIPE, stderr=stderr, text=True, check=True,
+                                      env=os.environ | {"OMP_NUM_THREADS": str(args.threads)})
             figures = json.loads(done.stdout.strip().splitlines()[-1])
             written = log.read_bytes()  # not read_text, whose universal newlines turn each "\r" into a "\n"
         minutes = figures["seconds"] / 60

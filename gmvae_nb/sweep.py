@@ -231,7 +231,7 @@ def training_progress(run_dirs: Iterable[str | Path]) -> str:
 def _as_finished(finished, run_dirs: list[Path], every: float | None = None) -> list[dict]:
     "The results of the futures `finished` yields as they finish: a bar of runs that shows, every `every` seconds (None: every 2 on a terminal or in Jupyter, every `LOG_REFRESH_SECONDS` in a log), the epoch each running run has reached, and a line per finished run above it."
     results, running, lock, stop = [], {d.name: d for d in run_dirs}, threading.Lock(), threading.Event()
-    every = every or (2.0 if is_interactive() else LOG_REFRESH_SECONDS)
+    if every is None: every = 2.0 if is_interactive() else LOG_REFRESH_SECONDS
     with tqdm(total=len(run_dirs), desc="runs", unit="run") as bar:
         def show_progress():
             while not stop.wait(every):
