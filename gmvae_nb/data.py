@@ -266,19 +266,34 @@ def as_string_categories(
     return pd.Categorical(values.map(str, na_action="ignore"))
 
 # %% ../nbs/01_data.ipynb #81eaa8d7
-def _pick_matrix(X, layers: Mapping, layer: str | None, origin: str):
-    "The matrix `layer` names (`X` for None), or a KeyError listing the layers."
+_USE_X = "Use layer=None to read the counts from X."  # what a missing layer's KeyError advises where the caller picks the layer
+
+
+def _raw_counts_hint(raw_genes: int | None, layer: str | None, holder: str = "adata.raw",
+                    how: str = "copy those of adata.var_names into a layer first") -> str:
+    "How to use the counts of a `raw` matrix of `raw_genes` genes (scanpy's and CELLxGENE's place for them): '' where there is none."
+    if raw_genes is None: return ""
+    name = layer or "counts"
+    return (f" {holder} holds {raw_genes:,} genes: if they are the raw counts, {how}: "
+            f"adata.layers['{name}'] = adata.raw[:, adata.var_names].X" + ("" if layer else f", and pass layer='{name}'") + ".")
+
+
+def _pick_matrix(X, layers: Mapping, layer: str | None, origin: str, advice: str = _USE_X):
+    "The matrix `layer` names (`X` for None), or a KeyError listing the layers and ending with `advice`."
     if layer is None:
         if X is None:
             raise KeyError(f"{origin} has no X; its layers are {list(layers)}.")
         return X
     if layer not in layers:
-        raise KeyError(f"{origin} has no layer '{layer}'; its layers are {list(layers)}. Use layer=None to read the counts from X.")
+        raise KeyError(f"{origin} has no layer '{layer}'; its layers are {list(layers)}. {advice}")
     return layers[layer]
 
-def count_matrix(adata: ad.AnnData, layer: str | None = "counts"):
-    "The counts of `adata`: `layers[layer]` (`X` for None, on disk if `adata` is backed), or a KeyError listing the layers."
-    matrix = _pick_matrix(adata.X, adata.layers, layer, "adata")
+def _raw_genes(adata: ad.AnnData) -> int | None:
+    return None if adata.raw is None else adata.raw.n_vars
+
+def count_matrix(adata: ad.AnnData, layer: str | None = "counts", advice: str = _USE_X):
+    "The counts of `adata`: `layers[layer]` (`X` for None, on disk if `adata` is backed), or a KeyError listing the layers, ending with `advice` and, where `adata.raw` exists, how to use it."
+    matrix = _pick_matrix(adata.X, adata.layers, layer, "adata", advice + _raw_counts_hint(_raw_genes(adata), layer))
     if adata.isbacked and layer is not None:
         warnings.warn(f"adata is backed by '{adata.filename}', but anndata has read its layers, layers['{layer}'] among "
                       "them, into memory: only X stays on disk. To train from disk, keep the counts in X and pass layer=None.",
@@ -286,7 +301,7 @@ def count_matrix(adata: ad.AnnData, layer: str | None = "counts"):
     return matrix
 
 
-def _load(matrix, obs: pd.DataFrame, var: pd.DataFrame, layer_names: list[str], *, source: str, layer: str | None,
+def _load(matrix, obs: pd.DataFrame, var: pd.DataFrame, layer_names: list[str], raw_hint: str, *, source: str, layer: str | None,
           batch_key: str, label_key: str | None, feature_type: str | None, empty_cells: str) -> ad.AnnData:
     "Check `obs`, `var` and the counts in `matrix`, and build the result of `load_counts`."
     where = "X" if layer is None else f"layers['{layer}']"
@@ -295,7 +310,7 @@ def _load(matrix, obs: pd.DataFrame, var: pd.DataFrame, layer_names: list[str], 
     check_obs_columns(obs, batch_key, label_key)
     genes = _feature_indices(var, feature_type)
     check_unique_genes(var.index[genes])
-    advice = f"Point `layer` at the raw counts (layers: {layer_names}; layer=None reads X)."
+    advice = f"Point `layer` at the raw counts (layers: {layer_names}; layer=None reads X).{raw_hint}"
     counts = _read_counts(matrix, genes, obs.index, var.index[genes], where, advice)
     keep = _nonempty_cells(counts, obs.index, where, empty_cells)
     if not keep.all():
@@ -309,6 +324,13 @@ def _load(matrix, obs: pd.DataFrame, var: pd.DataFrame, layer_names: list[str], 
     return _counts_anndata(counts, obs, var.iloc[genes].copy(), {"gmvae_nb": record})
 
 # %% ../nbs/01_data.ipynb #83ea3f7f
+def _raw_genes_in_file(file: h5py.File) -> int | None:
+    "The number of genes of an h5ad file's raw/X, if it has one."
+    if "raw/X" not in file: return None
+    element = file["raw/X"]
+    return (sparse_dataset(element) if isinstance(element, h5py.Group) else element).shape[1]
+
+
 def load_counts(
     source: str | Path | ad.AnnData,  # path of an .h5ad file, or an AnnData (left unchanged)
     layer: str | None = "counts",  # layer holding the raw counts; None reads X
@@ -322,8 +344,9 @@ def load_counts(
         raise ValueError(f"empty_cells must be 'drop' or 'error', not {empty_cells!r}.")
     settings = dict(layer=layer, batch_key=batch_key, label_key=label_key, feature_type=feature_type, empty_cells=empty_cells)
     if isinstance(source, ad.AnnData):
-        matrix = _pick_matrix(source.X, source.layers, layer, "The AnnData")
-        return _load(matrix, source.obs, source.var, list(source.layers), source="AnnData (in memory)", **settings)
+        raw_hint = _raw_counts_hint(_raw_genes(source), layer)
+        matrix = _pick_matrix(source.X, source.layers, layer, "The AnnData", _USE_X + raw_hint)
+        return _load(matrix, source.obs, source.var, list(source.layers), raw_hint, source="AnnData (in memory)", **settings)
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"No h5ad file at '{path}' (resolved: '{path.resolve()}').")
@@ -332,12 +355,15 @@ def load_counts(
             if not {"obs", "var"} <= set(file):
                 raise ValueError(f"'{path}' is an HDF5 file but not an h5ad file: it has no obs and var (top level: {sorted(file)}).")
             layers = file.get("layers", {})
-            element = _pick_matrix(file.get("X"), layers, layer, f"'{path}'")
+            raw_hint = _raw_counts_hint(_raw_genes_in_file(file), layer, "Its raw/X",
+                                       "read the file with anndata.read_h5ad, copy those of adata.var_names into a layer and write the file "
+                                       "again (adata.write_h5ad)")
+            element = _pick_matrix(file.get("X"), layers, layer, f"'{path}'", _USE_X + raw_hint)
             matrix = sparse_dataset(element) if isinstance(element, h5py.Group) else element
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ad.OldFormatWarning)  # obs/var written by anndata < 0.7 (the starter files) read fine
                 obs, var = read_elem(file["obs"]), read_elem(file["var"])
-            return _load(matrix, obs, var, list(layers), source=str(path.resolve()), **settings)
+            return _load(matrix, obs, var, list(layers), raw_hint, source=str(path.resolve()), **settings)
     except PermissionError:
         raise
     except (OSError, RuntimeError) as error:  # what h5py raises on a file that is not HDF5, truncated or damaged
@@ -373,7 +399,7 @@ def select_genes(
     "Select the `n_top_genes` most variable genes on raw counts with scanpy's batch-aware `seurat_v3` method."
     with optional_dependencies("hvg"): import scanpy as sc  # here: it takes seconds to import, and only this needs it
 
-    counts = _pick_matrix(adata.X, adata.layers, layer, "The AnnData")
+    counts = _pick_matrix(adata.X, adata.layers, layer, "The AnnData", _USE_X + _raw_counts_hint(_raw_genes(adata), layer))
     if not 0 < n_top_genes <= adata.n_vars:
         raise ValueError(f"n_top_genes must be between 1 and the number of genes ({adata.n_vars:,}), not {n_top_genes:,}.")
     if batch_key is not None:

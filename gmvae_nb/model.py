@@ -27,7 +27,7 @@ import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
 
-from .data import (VALIDATION_FRACTION, _names_preview, check_cells_have_batches, check_counts, check_unique_genes,
+from .data import (VALIDATION_FRACTION, _names_preview, _raw_counts_hint, _raw_genes, check_cells_have_batches, check_counts, check_unique_genes,
     count_matrix, split_parts)
 from .distributed import gathered_from_processes, process_group, process_rank, select_device, world_size
 from .elbo import TERMS, component_log_densities, log_responsibilities
@@ -47,11 +47,21 @@ __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MI
            'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
-def _check_counts(adata: ad.AnnData, layer: str | None):
-    "Fail unless `adata.layers[layer]` (`X` for None) holds raw counts (see `check_counts`); warn about cells without counts."
+def _model_layer_advice(layer: str | None) -> str:
+    "What an error about the counts of data given to a built model advises: its layer is fixed, so put the counts there."
     where = "X" if layer is None else f"layers['{layer}']"
-    advice = f"The GMVAE models raw counts: point `layer` at them (layers: {list(adata.layers)}; layer=None uses X)."
-    library = check_counts(count_matrix(adata, layer), adata.obs_names, adata.var_names, where, advice)
+    return f"The model reads the counts from {where}, as it did from its training data: put this data's raw counts there."
+
+def _check_counts(adata: ad.AnnData, layer: str | None, model_layer: bool = False):
+    "Fail unless `adata.layers[layer]` (`X` for None) holds raw counts (see `check_counts`); warn about cells without counts. `model_layer`: the layer is a built model's, which the advice cannot ask to change."
+    where = "X" if layer is None else f"layers['{layer}']"
+    hint = "" if model_layer and layer is None else _raw_counts_hint(_raw_genes(adata), layer)  # a model's X stays X
+    if model_layer:
+        matrix, advice = count_matrix(adata, layer, _model_layer_advice(layer)), _model_layer_advice(layer) + hint
+    else:
+        matrix = count_matrix(adata, layer)
+        advice = f"The GMVAE models raw counts: point `layer` at them (layers: {list(adata.layers)}; layer=None uses X).{hint}"
+    library = check_counts(matrix, adata.obs_names, adata.var_names, where, advice)
     empty = library == 0
     if empty.all():
         raise ValueError(f"All {len(empty):,} cells have zero counts in {where}: is it the right layer?")
@@ -146,7 +156,7 @@ class GMVAE:
 @patch
 def _aligned_counts(self: GMVAE, adata: ad.AnnData):
     "The counts of `adata` with the model's genes as columns, in the model's order (picked minibatch by minibatch when on disk)."
-    matrix = count_matrix(adata, self.layer)
+    matrix = count_matrix(adata, self.layer, _model_layer_advice(self.layer))
     if adata.var_names.equals(self.genes): return matrix
     missing = self.genes.difference(adata.var_names, sort=False)
     if len(missing):
@@ -172,7 +182,7 @@ def _loader(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024,
     "`adata` (the training data if None) and a loader over its cells in order (over the rows `indices`, in their order, if given)."
     adata = self.adata if adata is None else adata
     if adata.n_obs == 0: raise ValueError("adata has no cells")
-    if adata is not self.adata: _check_counts(adata, self.layer)  # the training data were checked by the constructor
+    if adata is not self.adata: _check_counts(adata, self.layer, model_layer=True)  # the training data were checked by the constructor
     return adata, CSRLoader(self._aligned_counts(adata), self._batch_codes(adata), indices, batch_size=batch_size)
 
 # %% ../nbs/11_model.ipynb #ede36c67
@@ -1076,5 +1086,5 @@ def load(cls: GMVAE, path: str | Path, adata: ad.AnnData, device: str = "auto") 
     model.train_config = config.get("training")
     if (path / ALIGNMENT_FILE).is_file():  # absent: one batch, not trained, or saved before the alignment (its latent is the posterior mean)
         with np.load(path / ALIGNMENT_FILE) as maps: model.batch_alignment = (maps["scale"], maps["offset"])
-    model._aligned_counts(adata), model._batch_codes(adata), _check_counts(adata, model.layer)  # fail now, not at the first call
+    model._aligned_counts(adata), model._batch_codes(adata), _check_counts(adata, model.layer, model_layer=True)  # fail now, not at the first call
     return model

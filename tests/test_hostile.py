@@ -110,6 +110,16 @@ def unseen_batch() -> ad.AnnData:
     return other
 
 
+def counts_in_raw(layers: bool = False) -> ad.AnnData:
+    "`toy()` as scanpy leaves it after `adata.raw = adata` and normalisation: the counts in `raw`, X log-normalised; the counts layer kept if `layers`."
+    adata = toy()
+    adata.raw = adata
+    adata.X = sp.csr_matrix(np.log1p(adata.X.toarray() / adata.X.sum(1).A * 1e4))
+    if layers: adata.layers["counts"] = adata.X.copy()
+    else: del adata.layers["counts"]
+    return adata
+
+
 def one_tissue() -> ad.AnnData:
     "`toy()` with an obs column of a single value."
     adata = toy()
@@ -187,6 +197,11 @@ CASES: dict[str, Callable[[Path], object]] = {
     "not-anndata": lambda tmp: GMVAE(str(h5ad(tmp))),
     "missing-layer": lambda tmp: GMVAE(toy(), layer="raw"),
     "missing-layer-in-file": lambda tmp: load_counts(h5ad(tmp), layer="raw"),
+    "counts-only-in-raw": lambda tmp: GMVAE(counts_in_raw()),
+    "counts-only-in-raw-in-file": lambda tmp: load_counts(h5ad(tmp, counts_in_raw())),
+    "log-normalised-x-with-raw": lambda tmp: GMVAE(counts_in_raw(), layer=None),
+    "missing-model-layer": lambda tmp: model().predict(counts_in_raw()),
+    "log-normalised-model-layer": lambda tmp: model().get_latent(counts_in_raw(layers=True)),
     "missing-batch-key": lambda tmp: GMVAE(toy(), batch_key="donor"),
     "missing-batch-key-in-file": lambda tmp: load_counts(h5ad(tmp), batch_key="donor"),
     "missing-label-key": lambda tmp: load_counts(toy(), label_key="celltype"),
