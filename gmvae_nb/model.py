@@ -57,7 +57,8 @@ def _check_counts(adata: ad.AnnData, layer: str | None, model_layer: bool = Fals
     where = "X" if layer is None else f"layers['{layer}']"
     hint = "" if model_layer and layer is None else _raw_counts_hint(_raw_genes(adata), layer)  # a model's X stays X
     if model_layer:
-        matrix, advice = count_matrix(adata, layer, _model_layer_advice(layer)), _model_layer_advice(layer) + hint
+        advice = _model_layer_advice(layer)
+        matrix, advice = count_matrix(adata, layer, advice), advice + hint
     else:
         matrix = count_matrix(adata, layer)
         advice = f"The GMVAE models raw counts: point `layer` at them (layers: {list(adata.layers)}; layer=None uses X).{hint}"
@@ -133,6 +134,7 @@ class GMVAE:
         self.genes, self.batches, self.module_kwargs = pd.Index(genes), pd.Index(batches), module_kwargs
         self.module = self._new_module(seed)
         self.history, self.train_config, self.batch_alignment = pd.DataFrame(), None, None
+        self.component_moments, self.mapped_batches = None, pd.Index([], dtype=object)  # set by fit and map_query
 
     def _new_module(self, seed: int) -> GMVAEModule:
         "A module with initial weights drawn from `seed`; the global torch RNG is left as it was."
@@ -166,24 +168,37 @@ def _aligned_counts(self: GMVAE, adata: ad.AnnData):
     columns = adata.var_names.get_indexer(self.genes)
     return DiskRows(matrix, columns) if on_disk(matrix) else matrix[:, columns]
 
+_DECODE_AT_A_TRAINING_BATCH = ("The decoder takes the batch, so it decodes such cells only at a training batch: "
+                               "get_normalized_expression(transform_batch=…), differential_expression(batch_correction=True).")
+
 @patch
-def _batch_codes(self: GMVAE, adata: ad.AnnData) -> np.ndarray:
-    "The decoder's batch code of every cell of `adata`."
+def _batch_codes(self: GMVAE, adata: ad.AnnData, use: str = "decoder") -> np.ndarray:
+    "The batch code of every cell of `adata` for `use`: 'decoder', a training batch's (the decoder's one-hot); 'alignment', also the batches `map_query` aligned (codes after the training batches'); 'encoder', any batch where the encoder does not take it (0 for one the model does not know, never read)."
     names = _batch_names(adata, self.batch_key)
-    unseen = pd.Index(names.unique()).difference(self.batches)
+    codes = self.batches.append(self.mapped_batches).get_indexer(names).astype(np.int64)
+    if use == "encoder" and not self.module.encode_batch: return np.maximum(codes, 0)
+    unseen = pd.Index(names[codes < 0].unique())
     if len(unseen):
+        advice = {"decoder": _DECODE_AT_A_TRAINING_BATCH,
+                  "alignment": "Align their cells to the model's components with model.map_query(adata) first, or pass "
+                               "align_batches=False for their posterior means, unaligned.",
+                  "encoder": "This model's encoder takes the batch (encode_batch=True), so it embeds only those."}[use]
         raise ValueError(f"obs[{self.batch_key!r}] has batches the model was not trained on: {_names_preview(unseen)}; "
-                         f"it knows {_names_preview(self.batches)}")
-    return self.batches.get_indexer(names).astype(np.int64)
+                         f"it knows {_names_preview(self.batches)}. {advice}")
+    mapped = pd.Index(names[codes >= len(self.batches)].unique())
+    if use == "decoder" and len(mapped):
+        raise ValueError(f"obs[{self.batch_key!r}] has batches that map_query aligned but the model was not trained on: "
+                         f"{_names_preview(mapped)}. {_DECODE_AT_A_TRAINING_BATCH}")
+    return codes
 
 @patch
 def _loader(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024,
-            indices: np.ndarray | None = None) -> tuple[ad.AnnData, CSRLoader]:
-    "`adata` (the training data if None) and a loader over its cells in order (over the rows `indices`, in their order, if given)."
+            indices: np.ndarray | None = None, batches: str = "decoder") -> tuple[ad.AnnData, CSRLoader]:
+    "`adata` (the training data if None) and a loader over its cells in order (over the rows `indices`, in their order, if given), with the batch codes for `batches` (see `_batch_codes`)."
     adata = self.adata if adata is None else adata
     if adata.n_obs == 0: raise ValueError("adata has no cells")
     if adata is not self.adata: _check_counts(adata, self.layer, model_layer=True)  # the training data were checked by the constructor
-    return adata, CSRLoader(self._aligned_counts(adata), self._batch_codes(adata), indices, batch_size=batch_size)
+    return adata, CSRLoader(self._aligned_counts(adata), self._batch_codes(adata, batches), indices, batch_size=batch_size)
 
 # %% ../nbs/11_model.ipynb #ede36c67
 MIXTURE_INITS = (None, "gmm", "mixed")  # fit(init_mixture=…): None keeps the networks' own initialisation
@@ -266,9 +281,10 @@ def choose_restart(
 @patch
 @torch.no_grad()
 def _per_cell(self: GMVAE, adata: ad.AnnData | None, outputs: Callable[[Minibatch], dict[str, torch.Tensor]],
-              batch_size: int = 1024, indices: np.ndarray | None = None) -> tuple[ad.AnnData, dict[str, np.ndarray]]:
-    "`adata` and the per-cell `outputs(minibatch)` over its cells (the rows `indices` if given), in eval mode, written minibatch by minibatch into one array each, in cell order."
-    adata, loader = self._loader(adata, batch_size, indices)
+              batch_size: int = 1024, indices: np.ndarray | None = None, batches: str = "decoder"
+              ) -> tuple[ad.AnnData, dict[str, np.ndarray]]:
+    "`adata` and the per-cell `outputs(minibatch)` over its cells (the rows `indices` if given), in eval mode, written minibatch by minibatch into one array each, in cell order., with the batch codes for `batches` (see `_batch_codes`)"
+    adata, loader = self._loader(adata, batch_size, indices, batches)
     self.module.eval()
     out: dict[str, np.ndarray] = {}
     start = 0
@@ -315,7 +331,7 @@ def _mixture_at(self: GMVAE, noise: torch.Tensor, *names: str) -> Callable[[Mini
 def _responsibilities(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int) -> tuple[ad.AnnData, np.ndarray]:
     "`adata` and its cells' responsibilities E_q r_k (cells × K) from `n_samples` draws of (x, w) per cell (0: at the posterior means)."
     if n_samples < 0: raise ValueError(f"n_samples must be 0 or more, got {n_samples}")
-    adata, out = self._per_cell(adata, self._mixture_at(self._inference_noise(n_samples), "proba"), batch_size)
+    adata, out = self._per_cell(adata, self._mixture_at(self._inference_noise(n_samples), "proba"), batch_size, batches="encoder")
     return adata, out["proba"]
 
 @patch
@@ -387,6 +403,7 @@ def batch_alignment(
     batch: np.ndarray,  # (n,) batch codes in [0, n_batches)
     n_batches: int,
     shrinkage: float = ALIGNMENT_SHRINKAGE,  # pseudo-cells from N(m_k, s_k²) added to each batch's share of component k
+    target: tuple[np.ndarray, np.ndarray] | None = None,  # (K, d) means m_k and variances s_k² the batches are moved onto; None: `component_moments` of all of `x`
 ) -> tuple[np.ndarray, np.ndarray]:  # scale a and offset b, each (n_batches, K, d): batch s's cells map to a_sk·x + b_sk
     "Per batch and component, the affine map that moves the batch's responsibility-weighted mean and spread of x onto the component's."
     x, responsibilities = np.asarray(x, np.float64), np.asarray(responsibilities, np.float64)
@@ -394,7 +411,7 @@ def batch_alignment(
     if len(batch) and (batch.min() < 0 or batch.max() >= n_batches):
         raise ValueError(f"batch codes must lie in [0, {n_batches}), got values from {batch.min()} to {batch.max()}")
     tiny = 10 * np.finfo(float).eps
-    mean, var = component_moments(x, responsibilities)
+    mean, var = component_moments(x, responsibilities) if target is None else (np.asarray(m, np.float64) for m in target)
     scale, offset = np.ones((n_batches, *mean.shape)), np.zeros((n_batches, *mean.shape))
     for s in range(n_batches):
         rows = batch == s
@@ -436,11 +453,12 @@ def _latent_outputs(self: GMVAE, alignment: tuple[np.ndarray, np.ndarray] | None
     return outputs
 
 @patch
-def _fit_batch_alignment(self: GMVAE, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    "`batch_alignment` of the training rows `cells`, from their posterior means and responsibilities; None for a model of one batch."
-    if len(self.batches) == 1: return None
+def _fit_batch_alignment(self: GMVAE, cells: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    "The training rows `cells`' `component_moments` of their posterior means (the target of every batch's maps), and their `batch_alignment` onto them (None for a model of one batch)."
     _, out = self._per_cell(None, self._mixture_at(self._inference_noise(PREDICT_SAMPLES), "x", "proba"), indices=cells)
-    return batch_alignment(out["x"], out["proba"], self._batch_codes(self.adata)[cells], len(self.batches))
+    moments = component_moments(out["x"], out["proba"])
+    if len(self.batches) == 1: return moments, None
+    return moments, batch_alignment(out["x"], out["proba"], self._batch_codes(self.adata)[cells], len(self.batches), target=moments)
 
 # %% ../nbs/11_model.ipynb #b48fe511
 DEFAULT_N_INIT = 3  # fit's restarts of a model's first fit: the one whose clusters agree most with the other two's is kept
@@ -730,7 +748,8 @@ def fit(self: GMVAE,
                                                        checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
     history = kept["history"]
     refitted = self._refit_mixing_weights(train, mixing_em_steps)
-    self.batch_alignment = self._fit_batch_alignment(train)  # with π as set: the responsibilities are predict_proba's
+    self.component_moments, self.batch_alignment = self._fit_batch_alignment(train)  # with π as set: the responsibilities are predict_proba's
+    self.mapped_batches = self.mapped_batches[:0]  # maps of earlier networks: map_query them again
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
     self.train_config = history.attrs["config"] | dict(n_init=n_init)  # with max_epochs resolved for the training cells
@@ -772,9 +791,9 @@ def _annotate(self: GMVAE, adata: ad.AnnData, copy: bool, uns_key: str, keys: di
 @patch
 def get_latent(self: GMVAE, adata: ad.AnnData | None = None, batch_size: int = 1024, key_added: str = "X_gmvae",
                copy: bool = False, align_batches: bool = True) -> np.ndarray | ad.AnnData:
-    "The embedding (cells × n_x) of `adata` (default: the training data): the posterior mean of x, aligned across batches within each component as `fit` fitted (`batch_alignment`; `align_batches=False`, a model of one batch or an untrained one: the posterior mean itself), also written to `obsm[key_added]`; the posterior mean of w goes to `obsm[key_added + '_w']`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
+    "The embedding (cells × n_x) of `adata` (default: the training data): the posterior mean of x, aligned across batches within each component as `fit` fitted (`batch_alignment`; for batches the model was not trained on, as `map_query` aligned them; `align_batches=False`, a model of one batch or an untrained one: the posterior mean itself), also written to `obsm[key_added]`; the posterior mean of w goes to `obsm[key_added + '_w']`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
     alignment = self.batch_alignment if align_batches else None
-    adata, out = self._per_cell(adata, self._latent_outputs(alignment), batch_size)
+    adata, out = self._per_cell(adata, self._latent_outputs(alignment), batch_size, batches="alignment" if align_batches else "encoder")
     keys = dict(latent=key_added, latent_w=f"{key_added}_w")
     target = self._annotate(adata, copy, _uns_key(key_added, "X_gmvae"), keys,
                             obsm={keys["latent"]: out["x"], keys["latent_w"]: out["w"]}, align_batches=alignment is not None)
@@ -784,7 +803,7 @@ def get_latent(self: GMVAE, adata: ad.AnnData | None = None, batch_size: int = 1
 @patch
 def predict_proba(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = PREDICT_SAMPLES, batch_size: int = 1024,
                   key_added: str = "gmvae_proba", copy: bool = False) -> np.ndarray | ad.AnnData:
-    "Cluster responsibilities E_q r_k (cells × K) from `n_samples` seeded draws (0: r_k at the posterior means), also written to `obsm[key_added]`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
+    "Cluster responsibilities E_q r_k (cells × K) from `n_samples` seeded draws (0: r_k at the posterior means), of cells of any batch (unless the encoder takes the batch), also written to `obsm[key_added]`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
     adata, proba = self._responsibilities(adata, n_samples, batch_size)
     target = self._annotate(adata, copy, _uns_key(key_added, "gmvae_proba"), dict(proba=key_added),
                             obsm={key_added: proba}, n_samples=n_samples)
@@ -923,7 +942,7 @@ def get_normalized_expression(
         values = self.module.normalized_expression(mb.counts, mb.batch, references, noise.expand(-1, len(mb.index), -1), genes)
         values = values * (mb.counts.sum(-1, keepdim=True).clamp(min=1) if own_library else library_size)
         return dict(expression=values.mean(0) if return_mean else values.transpose(0, 1))
-    adata, out = self._per_cell(adata, expression, batch_size, rows)
+    adata, out = self._per_cell(adata, expression, batch_size, rows, "decoder" if references is None else "encoder")
     if not return_mean: return np.moveaxis(out["expression"], 1, 0)
     if return_numpy: return out["expression"]
     return pd.DataFrame(out["expression"], index=adata.obs_names if rows is None else adata.obs_names[rows],
@@ -1006,7 +1025,7 @@ def differential_expression(
     if not pseudocounts > 0: raise ValueError(f"pseudocounts must be positive (the log of a zero composition is -inf), got {pseudocounts!r}")
     adata = self.adata if adata is None else adata
     comparisons = _comparisons(*self._groups(adata, groupby, batch_size), group1, group2)
-    adata, loader = self._loader(adata, 2 * max(1, batch_size // 2))
+    adata, loader = self._loader(adata, 2 * max(1, batch_size // 2), batches="encoder" if batch_correction else "decoder")
     frames = []
     for name, rows, other, other_rows in comparisons:
         statistics = self._pair_statistics(loader, rows, other_rows, int(n_samples), delta, pseudocounts, batch_correction, seed)
@@ -1037,7 +1056,7 @@ def _normalisation(module: GMVAEModule) -> dict:
                 encoder_input="log1p(counts / library_size * library_target), library_size = sum of the counts over the model's genes",
                 decoder_mean="library_size * softmax(logits)")
 
-ALIGNMENT_FILE = "batch_alignment.npz"  # `batch_alignment`'s scale and offset, in a saved model's folder
+ALIGNMENT_FILE = "batch_alignment.npz"  # `batch_alignment`'s scale and offset and the `component_moments` they move onto, in a saved model's folder
 
 @patch
 def save(self: GMVAE, path: str | Path, overwrite: bool = False) -> Path:
@@ -1051,14 +1070,16 @@ def save(self: GMVAE, path: str | Path, overwrite: bool = False) -> Path:
     (path / "config.json").unlink(missing_ok=True)  # until the new one is written, the folder does not load
     with atomic_path(path / "model.pt") as tmp: torch.save(self.module.state_dict(), tmp)
     with atomic_path(path / "history.csv") as tmp: self.history.to_csv(tmp, index=False)
-    (path / ALIGNMENT_FILE).unlink(missing_ok=True)  # a model without one leaves none from the model saved before
-    if self.batch_alignment is not None:
-        with atomic_path(path / ALIGNMENT_FILE) as tmp, open(tmp, "wb") as file:
-            np.savez(file, **dict(zip(("scale", "offset"), self.batch_alignment)))
+    (path / ALIGNMENT_FILE).unlink(missing_ok=True)  # an untrained model leaves none from the model saved before
+    arrays = {**dict(zip(("scale", "offset"), self.batch_alignment or ())),
+              **dict(zip(("component_mean", "component_var"), self.component_moments or ()))}
+    if arrays:
+        with atomic_path(path / ALIGNMENT_FILE) as tmp, open(tmp, "wb") as file: np.savez(file, **arrays)
     config = dict(format_version=FORMAT_VERSION, package_version=__version__, torch_version=torch.__version__,
                   model=dict(layer=self.layer, batch_key=self.batch_key, seed=self.seed, settings=self.settings,
                              module_kwargs=self.module_kwargs),
-                  genes=list(self.genes), batches=list(self.batches), normalisation=_normalisation(self.module),
+                  genes=list(self.genes), batches=list(self.batches), mapped_batches=list(self.mapped_batches),
+                  normalisation=_normalisation(self.module),
                   training=self.train_config)
     write_json_atomic(config, path / "config.json")
     return path
@@ -1066,7 +1087,7 @@ def save(self: GMVAE, path: str | Path, overwrite: bool = False) -> Path:
 # %% ../nbs/11_model.ipynb #05a443f0
 @patch(cls_method=True)
 def load(cls: GMVAE, path: str | Path, adata: ad.AnnData, device: str = "auto") -> GMVAE:
-    "The model saved in the folder `path`, attached to `adata` (same genes, known batches) on `device`."
+    "The model saved in the folder `path`, attached to `adata` (the model's genes; any batches, unless the encoder takes the batch) on `device`."
     path = Path(path)
     if not (path / "config.json").is_file(): raise FileNotFoundError(f"'{path}' holds no saved GMVAE (no config.json)")
     config = json.loads((path / "config.json").read_text())
@@ -1084,7 +1105,38 @@ def load(cls: GMVAE, path: str | Path, adata: ad.AnnData, device: str = "auto") 
     try: model.history = pd.read_csv(path / "history.csv", float_precision="round_trip")
     except (FileNotFoundError, pd.errors.EmptyDataError): pass  # saved before training
     model.train_config = config.get("training")
-    if (path / ALIGNMENT_FILE).is_file():  # absent: one batch, not trained, or saved before the alignment (its latent is the posterior mean)
-        with np.load(path / ALIGNMENT_FILE) as maps: model.batch_alignment = (maps["scale"], maps["offset"])
-    model._aligned_counts(adata), model._batch_codes(adata), _check_counts(adata, model.layer, model_layer=True)  # fail now, not at the first call
+    if (path / ALIGNMENT_FILE).is_file():  # absent: not trained, or (one batch) saved before the moments (its latent is the posterior mean)
+        with np.load(path / ALIGNMENT_FILE) as maps:
+            if "scale" in maps: model.batch_alignment = (maps["scale"], maps["offset"])
+            if "component_mean" in maps: model.component_moments = (maps["component_mean"], maps["component_var"])
+    model.mapped_batches = pd.Index(config.get("mapped_batches", []), dtype=object)
+    model._aligned_counts(adata), model._batch_codes(adata, "encoder"), _check_counts(adata, model.layer, model_layer=True)  # fail now, not at the first call
     return model
+
+# %% ../nbs/11_model.ipynb #c0a1e2f4
+@patch
+def map_query(self: GMVAE,
+              adata: ad.AnnData,  # cells of batches the model was not trained on (cells of its training batches are left out)
+              batch_size: int = 1024) -> GMVAE:
+    "Align the batches of `adata` that the model was not trained on to its components, from their cells, as `fit` aligned the training batches, so that `get_latent` embeds their cells among the training cells; returns the model. A batch mapped before is mapped again from these cells."
+    if self.module.encode_batch:
+        raise ValueError("map_query needs a model whose encoder does not take the batch (encode_batch=False, the default): "
+                         "this one's embeds only the batches it was trained on")
+    if self.component_moments is None:
+        raise ValueError("the model has no components' moments to align new batches to: it was not trained, or was saved by "
+                         "a gmvae_nb that did not keep them; train it with fit")
+    names = _batch_names(adata, self.batch_key)
+    new = pd.Index(names.unique()).difference(self.batches)
+    if not len(new):
+        raise ValueError(f"obs[{self.batch_key!r}] holds only batches the model was trained on ({_names_preview(names.unique())}), "
+                         "which fit aligned already: map_query is for the others")
+    rows = np.flatnonzero(names.isin(new).to_numpy())
+    _, out = self._per_cell(adata, self._mixture_at(self._inference_noise(PREDICT_SAMPLES), "x", "proba"), batch_size, rows, "encoder")
+    scale, offset = batch_alignment(out["x"], out["proba"], new.get_indexer(names.iloc[rows]), len(new), target=self.component_moments)
+    n_trained, shape = len(self.batches), self.component_moments[0].shape
+    trained = self.batch_alignment or (np.ones((n_trained, *shape)), np.zeros((n_trained, *shape)))  # one batch: no map
+    kept = np.flatnonzero(~self.mapped_batches.isin(new))  # batches mapped before and not now
+    rows_kept = np.concatenate([np.arange(n_trained), n_trained + kept])
+    self.batch_alignment = (np.concatenate([trained[0][rows_kept], scale]), np.concatenate([trained[1][rows_kept], offset]))
+    self.mapped_batches = self.mapped_batches[kept].append(new)
+    return self

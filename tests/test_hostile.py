@@ -80,6 +80,11 @@ def model() -> GMVAE:
     return GMVAE(toy(), n_clusters=2, seed=0, **TINY)
 
 
+def trained() -> GMVAE:
+    "A tiny model of `toy()` trained for one epoch."
+    return model().fit(max_epochs=1, n_init=1, split_key=None, progress=False)
+
+
 def saved(folder: Path) -> Path:
     "A tiny model of `toy()` saved in `folder / 'model'`."
     return model().save(folder / "model")
@@ -209,7 +214,13 @@ CASES: dict[str, Callable[[Path], object]] = {
     "duplicate-genes": lambda tmp: GMVAE(duplicate_genes()),
     "n-clusters-below-1": lambda tmp: GMVAE(toy(), n_clusters=0),
     "unseen-batch": lambda tmp: model().get_latent(unseen_batch()),
-    "unseen-batch-at-load": lambda tmp: GMVAE.load(saved(tmp), unseen_batch()),
+    "unseen-batch-decoded": lambda tmp: model().elbo_terms(unseen_batch()),
+    "mapped-batch-decoded": lambda tmp: trained().map_query(unseen_batch()).elbo_terms(unseen_batch()),
+    "unseen-batch-at-load": lambda tmp: GMVAE.load(GMVAE(toy(), n_clusters=2, encode_batch=True, **TINY).save(tmp / "model"),
+                                                   unseen_batch()),
+    "map-query-encoder-takes-batch": lambda tmp: GMVAE(toy(), n_clusters=2, encode_batch=True, **TINY).map_query(unseen_batch()),
+    "map-query-untrained": lambda tmp: model().map_query(unseen_batch()),
+    "map-query-no-new-batch": lambda tmp: trained().map_query(toy()),
     "unknown-transform-batch": lambda tmp: model().get_normalized_expression(transform_batch="b9"),
     "unknown-genes-in-gene-list": lambda tmp: model().get_normalized_expression(gene_list=["g3", "CD3E", "MS4A1"]),
     "negative-n-samples-for-expression": lambda tmp: model().get_normalized_expression(n_samples=-1),
