@@ -151,8 +151,9 @@ class GMVAE:
     def __repr__(self) -> str:
         m = self.module
         trained = f"trained {len(self.history)} epochs" if len(self.history) else "not trained"
+        mapped = f" (+{len(self.mapped_batches)} mapped)" if len(self.mapped_batches) else ""
         return (f"GMVAE(K={m.n_clusters}, n_x={m.n_x}, n_w={m.n_w}, {len(self.genes):,} genes, "
-                f"{len(self.batches)} batches, {trained})")
+                f"{len(self.batches)} batches{mapped}, {trained})")
 
 # %% ../nbs/11_model.ipynb #814c02c0
 @patch
