@@ -284,7 +284,7 @@ def choose_restart(
 def _per_cell(self: GMVAE, adata: ad.AnnData | None, outputs: Callable[[Minibatch], dict[str, torch.Tensor]],
               batch_size: int = 1024, indices: np.ndarray | None = None, batches: str = "decoder"
               ) -> tuple[ad.AnnData, dict[str, np.ndarray]]:
-    "`adata` and the per-cell `outputs(minibatch)` over its cells (the rows `indices` if given), in eval mode, written minibatch by minibatch into one array each, in cell order., with the batch codes for `batches` (see `_batch_codes`)"
+    "`adata` and the per-cell `outputs(minibatch)` over its cells (the rows `indices` if given), in eval mode, written minibatch by minibatch into one array each, in cell order; the cells' batch codes are those for `batches` (see `_batch_codes`)."
     adata, loader = self._loader(adata, batch_size, indices, batches)
     self.module.eval()
     out: dict[str, np.ndarray] = {}
