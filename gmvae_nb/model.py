@@ -454,12 +454,19 @@ def _latent_outputs(self: GMVAE, alignment: tuple[np.ndarray, np.ndarray] | None
     return outputs
 
 @patch
+def _alignment_inputs(self: GMVAE, adata: ad.AnnData | None, rows: np.ndarray, batch_size: int = 1024,
+                      batches: str = "decoder") -> tuple[np.ndarray, np.ndarray]:
+    "The posterior means of x and the responsibilities (at `predict_proba`'s draws) of the rows `rows` of `adata` (None: the training data): what a batch's maps are fitted from."
+    _, out = self._per_cell(adata, self._mixture_at(self._inference_noise(PREDICT_SAMPLES), "x", "proba"), batch_size, rows, batches)
+    return out["x"], out["proba"]
+
+@patch
 def _fit_batch_alignment(self: GMVAE, cells: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
     "The training rows `cells`' `component_moments` of their posterior means (the target of every batch's maps), and their `batch_alignment` onto them (None for a model of one batch)."
-    _, out = self._per_cell(None, self._mixture_at(self._inference_noise(PREDICT_SAMPLES), "x", "proba"), indices=cells)
-    moments = component_moments(out["x"], out["proba"])
+    x, proba = self._alignment_inputs(None, cells)
+    moments = component_moments(x, proba)
     if len(self.batches) == 1: return moments, None
-    return moments, batch_alignment(out["x"], out["proba"], self._batch_codes(self.adata)[cells], len(self.batches), target=moments)
+    return moments, batch_alignment(x, proba, self._batch_codes(self.adata)[cells], len(self.batches), target=moments)
 
 # %% ../nbs/11_model.ipynb #b48fe511
 DEFAULT_N_INIT = 3  # fit's restarts of a model's first fit: the one whose clusters agree most with the other two's is kept
@@ -1132,8 +1139,8 @@ def map_query(self: GMVAE,
         raise ValueError(f"obs[{self.batch_key!r}] holds only batches the model was trained on ({_names_preview(names.unique())}), "
                          "which fit aligned already: map_query is for the others")
     rows = np.flatnonzero(names.isin(new).to_numpy())
-    _, out = self._per_cell(adata, self._mixture_at(self._inference_noise(PREDICT_SAMPLES), "x", "proba"), batch_size, rows, "encoder")
-    scale, offset = batch_alignment(out["x"], out["proba"], new.get_indexer(names.iloc[rows]), len(new), target=self.component_moments)
+    x, proba = self._alignment_inputs(adata, rows, batch_size, "encoder")
+    scale, offset = batch_alignment(x, proba, new.get_indexer(names.iloc[rows]), len(new), target=self.component_moments)
     n_trained, shape = len(self.batches), self.component_moments[0].shape
     trained = self.batch_alignment or (np.ones((n_trained, *shape)), np.zeros((n_trained, *shape)))  # one batch: no map
     kept = np.flatnonzero(~self.mapped_batches.isin(new))  # batches mapped before and not now
