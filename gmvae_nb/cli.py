@@ -17,9 +17,10 @@ from typing import Callable
 from . import __version__
 
 # %% auto #0
-__all__ = ['NONE_SPELLINGS', 'TRAIN_OPTIONS', 'DATA_OPTIONS', 'GENE_OPTIONS', 'FIT_OPTIONS', 'MODEL_SETTINGS', 'SWEEP_OPTIONS',
-           'MAIN_JOB_TRAINING', 'simulate_command', 'add_library_options', 'given', 'fit_command', 'add_fit_parser',
-           'add_sweep_options', 'sweep_command', 'report_command', 'main_command', 'build_parser', 'in_flags', 'main']
+__all__ = ['NONE_SPELLINGS', 'TRAIN_OPTIONS', 'DATA_OPTIONS', 'GENE_OPTIONS', 'FIT_OPTIONS', 'MODEL_SETTINGS', 'PREDICT_OPTIONS',
+           'SWEEP_OPTIONS', 'MAIN_JOB_TRAINING', 'simulate_command', 'add_library_options', 'given', 'annotate',
+           'fit_command', 'add_fit_parser', 'predict_command', 'add_predict_parser', 'add_sweep_options',
+           'sweep_command', 'report_command', 'main_command', 'build_parser', 'in_flags', 'main']
 
 # %% ../nbs/12_cli.ipynb #03030950
 def simulate_command(args: argparse.Namespace) -> Path:
@@ -133,15 +134,28 @@ FIT_OPTIONS = {  # options of fit alone -> argparse settings, with the library's
 MODEL_SETTINGS = ("n_clusters", "seed", "n_x", "n_w")  # the settings that go to GMVAE; the others go to GMVAE.fit
 
 # %% ../nbs/12_cli.ipynb #599d5868
-def fit_command(args: argparse.Namespace) -> Path:
-    "Fit a GMVAE to `args.data`; write the model to `OUT/model/` and the annotated data to `OUT/adata.h5ad` (from rank 0 under `torchrun`)."
-    from gmvae_nb.data import genes_selected, load_counts, select_genes, write_h5ad
-    from gmvae_nb.model import GMVAE
-    from gmvae_nb.distributed import process_rank, select_device
-    settings = given(args, TRAIN_OPTIONS) | given(args, FIT_OPTIONS)
+def _check_device(settings: dict):
+    "Fail, as bad input and before any work, where `settings` ask for a device this machine lacks."
+    from gmvae_nb.distributed import select_device
     if "device" in settings:
         try: select_device(settings["device"])
-        except RuntimeError as e: raise ValueError(*e.args) from e  # a device this machine lacks: bad input, before any work
+        except RuntimeError as e: raise ValueError(*e.args) from e
+
+
+def annotate(model, align_batches: bool = True):
+    "Annotate the model's data (`model.adata`) with its embedding (aligned across batches, or the posterior means), responsibilities and clusters, and mark the genes it reads in `var['gmvae_gene']`."
+    model.get_latent(align_batches=align_batches)
+    model.predict()
+    model.adata.var["gmvae_gene"] = model.adata.var_names.isin(model.genes)
+
+
+def fit_command(args: argparse.Namespace) -> Path:
+    "Fit a GMVAE to `args.data`; write the model to `OUT/model/` and the annotated data to `OUT/adata.h5ad` (from rank 0 under `torchrun`)."
+    from gmvae_nb.data import genes_selected, load_counts, read_h5ad, select_genes, write_h5ad
+    from gmvae_nb.model import GMVAE
+    from gmvae_nb.distributed import process_rank
+    settings = given(args, TRAIN_OPTIONS) | given(args, FIT_OPTIONS)
+    _check_device(settings)
     n_top_genes = given(args, GENE_OPTIONS).get("n_top_genes")
     genes_selected(n_top_genes, 0)  # a bad --n-top-genes fails before the data are read
     out = Path(args.out)
@@ -153,14 +167,11 @@ def fit_command(args: argparse.Namespace) -> Path:
                   **{name: settings.pop(name) for name in MODEL_SETTINGS if name in settings})
     model.fit(**settings, progress=not args.quiet, checkpoint_dir=args.checkpoint_dir, resume=args.resume)
     if process_rank() != 0: return out  # the other processes trained along; rank 0 writes the outputs
-    import anndata as ad
     trained_on = f"{adata.n_obs:,} cells x {adata.n_vars:,} genes"
     model.adata = adata = None  # the checked training counts are no longer needed: free them before reading the file
     # attach the model to the user's whole file (its counts checked above), which it annotates and which is written
-    model.adata, model.layer = ad.read_h5ad(args.data), loaded["source_layer"]
-    model.get_latent()
-    model.predict()
-    model.adata.var["gmvae_gene"] = model.adata.var_names.isin(model.genes)
+    model.adata, model.layer = read_h5ad(args.data), loaded["source_layer"]
+    annotate(model)
     model.save(out / "model", overwrite=True)
     write_h5ad(model.adata, out / "adata.h5ad")
     last = model.history.iloc[-1]
@@ -184,6 +195,48 @@ def add_fit_parser(commands) -> argparse.ArgumentParser:
                      help="continue the run checkpointed in --checkpoint-dir up to --epochs (none there: start afresh)")
     fit.set_defaults(run=fit_command, parser=fit)
     return fit
+
+# %% ../nbs/12_cli.ipynb #b7c1d002
+PREDICT_OPTIONS = {  # how predict reads the file and embeds its cells -> argparse settings; --layer and --batch-key default to the model's
+    ("--layer",): DATA_OPTIONS[("--layer",)] | dict(default=None, help="layer of the raw counts, or X (default: the layer the model trained on)"),
+    ("--batch-key",): DATA_OPTIONS[("--batch-key",)] | dict(
+        default=None, help="obs column of the batches, or none for data from one batch (default: the model's training data's)"),
+    ("--device",): FIT_OPTIONS[("--device",)],
+    ("--align-batches",): dict(dest="align_batches", action=argparse.BooleanOptionalAction, default=True,
+                               help="embed the cells aligned across batches, mapping the batches the model was not trained on "
+                                    "to its components first; --no-…: every cell's posterior mean, unaligned"),
+}
+
+# %% ../nbs/12_cli.ipynb #b7c1d004
+def predict_command(args: argparse.Namespace) -> Path:
+    "Cluster and embed the cells of `args.data` with the model saved in `args.model`, mapping the batches it was not trained on (unless `--no-align-batches`); write the file, annotated, to `args.out`."
+    from gmvae_nb.data import _names_preview, read_h5ad, write_h5ad
+    from gmvae_nb.model import GMVAE
+    settings = given(args, PREDICT_OPTIONS)
+    _check_device(settings)
+    align_batches = settings.pop("align_batches", True)
+    model = GMVAE.load(args.model, read_h5ad(args.data), **settings)  # the counts, genes and batches checked here
+    new = model.unseen_batches(model.adata)
+    if align_batches and len(new): model.map_query(model.adata)
+    annotate(model, align_batches)
+    write_h5ad(model.adata, args.out)
+    clusters = model.adata.obs["gmvae_cluster"]
+    mapped = (f"; mapped the {len(new)} batch{'es' if len(new) > 1 else ''} it was not trained on ({_names_preview(new, 3)})"
+              if align_batches and len(new) else "")
+    print(f"clustered {len(clusters):,} cells into {clusters.nunique()} of the model's K={model.n_clusters} clusters{mapped}; "
+          f"wrote {args.out}")
+    return Path(args.out)
+
+# %% ../nbs/12_cli.ipynb #b7c1d006
+def add_predict_parser(commands) -> argparse.ArgumentParser:
+    "Add the `predict` subcommand to the subparsers `commands`."
+    predict = commands.add_parser("predict", help="cluster and embed the cells of an .h5ad file with a saved model; write them annotated")
+    predict.add_argument("model", help="a saved model's folder: fit's OUT/model, a sweep run's SWEEP/runs/RUN/model")
+    predict.add_argument("data", help="an .h5ad file of raw counts with the model's genes")
+    predict.add_argument("--out", required=True, help="the annotated .h5ad file to write")
+    add_library_options(predict, PREDICT_OPTIONS)
+    predict.set_defaults(run=predict_command, parser=predict)
+    return predict
 
 # %% ../nbs/12_cli.ipynb #d61dc793
 SWEEP_OPTIONS = {  # options of sweep and main -> argparse settings, with gmvae_nb.sweep.sweep's default
@@ -262,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override the preset's value")
     sim.set_defaults(run=simulate_command, parser=sim)
     add_fit_parser(commands)
+    add_predict_parser(commands)
 
     swp = commands.add_parser("sweep", help="train for every K and seed through papermill (resumable)")
     swp.add_argument("--data", required=True, help="an .h5ad file of raw counts, or preset:NAME for the simulator")

@@ -27,7 +27,7 @@ from .files import atomic_path
 # %% auto #0
 __all__ = ['HVG_SPANS', 'SPLITS', 'VALIDATION_FRACTION', 'check_counts', 'check_cells_have_batches', 'check_obs_columns',
            'check_unique_genes', 'as_string_categories', 'count_matrix', 'load_counts', 'optional_dependencies',
-           'select_genes', 'genes_selected', 'split_parts', 'split', 'write_h5ad']
+           'select_genes', 'genes_selected', 'split_parts', 'split', 'read_h5ad', 'write_h5ad']
 
 # %% ../nbs/01_data.ipynb #13dd5fa0
 _BLOCK_ENTRIES = 2**22  # stored entries read, checked and converted at a time (≈ 50 MB as float64 values + int32 indices)
@@ -324,6 +324,22 @@ def _load(matrix, obs: pd.DataFrame, var: pd.DataFrame, layer_names: list[str], 
     return _counts_anndata(counts, obs, var.iloc[genes].copy(), {"gmvae_nb": record})
 
 # %% ../nbs/01_data.ipynb #83ea3f7f
+@contextmanager
+def _h5ad_file(path: Path) -> Iterator[h5py.File]:
+    "The h5ad file at `path`, open to read; a missing file, one that is not HDF5 or is truncated or damaged, and an HDF5 file that is not an h5ad fail with errors that name it."
+    if not path.is_file():
+        raise FileNotFoundError(f"No h5ad file at '{path}' (resolved: '{path.resolve()}').")
+    try:
+        with h5py.File(path, "r") as file:
+            if not {"obs", "var"} <= set(file):
+                raise ValueError(f"'{path}' is an HDF5 file but not an h5ad file: it has no obs and var (top level: {sorted(file)}).")
+            yield file
+    except PermissionError:
+        raise
+    except (OSError, RuntimeError) as error:  # what h5py raises on a file that is not HDF5, truncated or damaged
+        raise OSError(f"Cannot read '{path}': it is not an h5ad file, or it is truncated or corrupt (HDF5: {error}).") from error
+
+
 def _raw_genes_in_file(file: h5py.File) -> int | None:
     "The number of genes of an h5ad file's raw/X, if it has one."
     if "raw/X" not in file: return None
@@ -348,26 +364,17 @@ def load_counts(
         matrix = _pick_matrix(source.X, source.layers, layer, "The AnnData", _USE_X + raw_hint)
         return _load(matrix, source.obs, source.var, list(source.layers), raw_hint, source="AnnData (in memory)", **settings)
     path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"No h5ad file at '{path}' (resolved: '{path.resolve()}').")
-    try:
-        with h5py.File(path, "r") as file:
-            if not {"obs", "var"} <= set(file):
-                raise ValueError(f"'{path}' is an HDF5 file but not an h5ad file: it has no obs and var (top level: {sorted(file)}).")
-            layers = file.get("layers", {})
-            raw_hint = _raw_counts_hint(_raw_genes_in_file(file), layer, "Its raw/X",
-                                       "read the file with anndata.read_h5ad, copy those of adata.var_names into a layer and write the file "
-                                       "again (adata.write_h5ad)")
-            element = _pick_matrix(file.get("X"), layers, layer, f"'{path}'", _USE_X + raw_hint)
-            matrix = sparse_dataset(element) if isinstance(element, h5py.Group) else element
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ad.OldFormatWarning)  # obs/var written by anndata < 0.7 (the starter files) read fine
-                obs, var = read_elem(file["obs"]), read_elem(file["var"])
-            return _load(matrix, obs, var, list(layers), raw_hint, source=str(path.resolve()), **settings)
-    except PermissionError:
-        raise
-    except (OSError, RuntimeError) as error:  # what h5py raises on a file that is not HDF5, truncated or damaged
-        raise OSError(f"Cannot read '{path}': it is not an h5ad file, or it is truncated or corrupt (HDF5: {error}).") from error
+    with _h5ad_file(path) as file:
+        layers = file.get("layers", {})
+        raw_hint = _raw_counts_hint(_raw_genes_in_file(file), layer, "Its raw/X",
+                                   "read the file with anndata.read_h5ad, copy those of adata.var_names into a layer and write the file "
+                                   "again (adata.write_h5ad)")
+        element = _pick_matrix(file.get("X"), layers, layer, f"'{path}'", _USE_X + raw_hint)
+        matrix = sparse_dataset(element) if isinstance(element, h5py.Group) else element
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ad.OldFormatWarning)  # obs/var written by anndata < 0.7 (the starter files) read fine
+            obs, var = read_elem(file["obs"]), read_elem(file["var"])
+        return _load(matrix, obs, var, list(layers), raw_hint, source=str(path.resolve()), **settings)
 
 # %% ../nbs/01_data.ipynb #703bbaab
 @contextmanager
@@ -491,6 +498,14 @@ def split(
     return adata
 
 # %% ../nbs/01_data.ipynb #63670f53
+def read_h5ad(path: str | Path) -> ad.AnnData:
+    "The whole AnnData of the h5ad file at `path`, in memory; a file that is missing, damaged or not an h5ad fails as in `load_counts`."
+    path = Path(path)
+    with _h5ad_file(path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ad.OldFormatWarning)  # written by anndata < 0.7 (the starter files): reads fine
+        return ad.read_h5ad(path)
+
+
 def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
     "Write `adata` to `path` atomically (see `gmvae_nb.files.atomic_path`)."
     with atomic_path(path) as tmp: adata.write_h5ad(tmp)

@@ -39,7 +39,7 @@ from .train import TrainConfig, fit_module, seed_streams
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MIXING_EM_STEPS', 'MIXING_EM_STEPS_EACH_EPOCH',
            'MIXING_EM_MIN_STEPS', 'EM_CHUNK_ENTRIES', 'ALIGNMENT_SHRINKAGE', 'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS',
-           'CHOOSE_AFTER_WARMUP', 'WORKER_MEMORY', 'SIDE_BY_SIDE_MEMORY_SHARE', 'ALIGNMENT_FILE', 'GMVAE',
+           'CHOOSE_AFTER_WARMUP', 'WORKER_MEMORY', 'SIDE_BY_SIDE_MEMORY_SHARE', 'ALIGNMENT_FILE', 'AS_SAVED', 'GMVAE',
            'fits_mixture_on_x', 'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo',
            'restart_agreement', 'choose_restart', 'mixing_em_every', 'em_mixing_weights', 'component_moments',
            'batch_alignment', 'aligned_latent', 'default_choose_after', 'RestartPlan', 'restart_groups', 'stored_bytes',
@@ -47,18 +47,18 @@ __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MI
            'posterior_mixture_moments']
 
 # %% ../nbs/11_model.ipynb #4104dd22
-def _model_layer_advice(layer: str | None) -> str:
-    "What an error about the counts of data given to a built model advises: its layer is fixed, so put the counts there."
+def _model_layer_advice(layer: str | None, loading: bool = False) -> str:
+    "What an error about the counts of data given to a built model advises: its layer is fixed, so put the counts there (`loading`: or, to `GMVAE.load`, name the layer that holds them)."
     where = "X" if layer is None else f"layers['{layer}']"
-    return f"The model reads the counts from {where}, as it did from its training data: put this data's raw counts there."
+    other = ", or name the layer that holds them with `layer`" if loading else ""
+    return f"The model reads the counts from {where}, as it did from its training data: put this data's raw counts there{other}."
 
-def _check_counts(adata: ad.AnnData, layer: str | None, model_layer: bool = False):
-    "Fail unless `adata.layers[layer]` (`X` for None) holds raw counts (see `check_counts`); warn about cells without counts. `model_layer`: the layer is a built model's, which the advice cannot ask to change."
+def _check_counts(adata: ad.AnnData, layer: str | None, model_advice: str | None = None):
+    "Fail unless `adata.layers[layer]` (`X` for None) holds raw counts (see `check_counts`); warn about cells without counts. `model_advice`: what to advise where the layer is a built model's (`_model_layer_advice`), which the user's `layer` argument does not set."
     where = "X" if layer is None else f"layers['{layer}']"
-    hint = "" if model_layer and layer is None else _raw_counts_hint(_raw_genes(adata), layer)  # a model's X stays X
-    if model_layer:
-        advice = _model_layer_advice(layer)
-        matrix, advice = count_matrix(adata, layer, advice), advice + hint
+    hint = "" if model_advice and layer is None else _raw_counts_hint(_raw_genes(adata), layer)  # a model's X stays X
+    if model_advice:
+        matrix, advice = count_matrix(adata, layer, model_advice), model_advice + hint
     else:
         matrix = count_matrix(adata, layer)
         advice = f"The GMVAE models raw counts: point `layer` at them (layers: {list(adata.layers)}; layer=None uses X).{hint}"
@@ -75,7 +75,7 @@ def _batch_names(adata: ad.AnnData, batch_key: str | None) -> pd.Series:
     "Batch name (str) of every cell; a single batch '0' when `batch_key` is None."
     if batch_key is None: return pd.Series("0", index=adata.obs_names)
     if batch_key not in adata.obs:
-        raise KeyError(f"obs has no column {batch_key!r} (columns: {list(adata.obs.columns)}); pass batch_key=None for single-batch data")
+        raise KeyError(f"obs has no column {batch_key!r} (columns: {list(adata.obs.columns)}); pass batch_key=<column> naming the batches, or batch_key=None for single-batch data")
     names = adata.obs[batch_key]
     check_cells_have_batches(names, batch_key)
     return names.astype(str)
@@ -198,7 +198,7 @@ def _loader(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024,
     "`adata` (the training data if None) and a loader over its cells in order (over the rows `indices`, in their order, if given), with the batch codes for `batches` (see `_batch_codes`)."
     adata = self.adata if adata is None else adata
     if adata.n_obs == 0: raise ValueError("adata has no cells")
-    if adata is not self.adata: _check_counts(adata, self.layer, model_layer=True)  # the training data were checked by the constructor
+    if adata is not self.adata: _check_counts(adata, self.layer, _model_layer_advice(self.layer))  # the training data were checked by the constructor
     return adata, CSRLoader(self._aligned_counts(adata), self._batch_codes(adata, batches), indices, batch_size=batch_size)
 
 # %% ../nbs/11_model.ipynb #ede36c67
@@ -1093,11 +1093,29 @@ def save(self: GMVAE, path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 # %% ../nbs/11_model.ipynb #05a443f0
+class _AsSaved:
+    "The type of `AS_SAVED`."
+    def __repr__(self) -> str: return "AS_SAVED"
+
+AS_SAVED = _AsSaved()  # `GMVAE.load`'s default `layer` and `batch_key`: where the model's training data kept the counts and the batches
+
+def _no_saved_model(path: Path) -> str:
+    "Why `GMVAE.load` cannot read the folder `path`, and the saved models up to three folders below it (`gmvae-nb fit`'s `OUT/model`, a sweep's `SWEEP/runs/RUN/model`)."
+    below = sorted(p.parent for depth in range(1, 4) for p in path.glob("*/" * depth + "config.json") if (p.parent / "model.pt").is_file())
+    where = f"; the saved models below it: {_names_preview(map(str, below), 3)}" if below else ""
+    return f"'{path}' holds no saved GMVAE (no config.json){where}"
+
 @patch(cls_method=True)
-def load(cls: GMVAE, path: str | Path, adata: ad.AnnData, device: str = "auto") -> GMVAE:
-    "The model saved in the folder `path`, attached to `adata` (the model's genes; any batches, unless the encoder takes the batch) on `device`."
+def load(cls: GMVAE,
+         path: str | Path,  # the folder `save` wrote
+         adata: ad.AnnData,  # cells to attach the model to: its genes (among others, in any order), of any batches unless the encoder takes the batch
+         device: str = "auto",  # where the model computes: auto, cpu, cuda or mps
+         layer: str | None = AS_SAVED,  # where `adata` holds the raw counts (None: X), if not in the training data's layer
+         batch_key: str | None = AS_SAVED,  # `adata`'s obs column of the batches (None: one batch), if not the training data's
+        ) -> GMVAE:
+    "The model saved in the folder `path`, attached to `adata`, reading its counts from `layer` and its batches from `batch_key`."
     path = Path(path)
-    if not (path / "config.json").is_file(): raise FileNotFoundError(f"'{path}' holds no saved GMVAE (no config.json)")
+    if not (path / "config.json").is_file(): raise FileNotFoundError(_no_saved_model(path))
     config = json.loads((path / "config.json").read_text())
     version = config.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -1107,7 +1125,8 @@ def load(cls: GMVAE, path: str | Path, adata: ad.AnnData, device: str = "auto") 
     spec = config["model"]
     # format 1 saved only the arguments given; the defaults then were the blog's architecture
     settings, module_kwargs = (spec["settings"], spec["module_kwargs"]) if version >= 2 else ("blog", _module_arguments("blog", spec["module_kwargs"]))
-    model._setup(adata, config["genes"], config["batches"], settings, module_kwargs, spec["layer"], spec["batch_key"], spec["seed"])
+    model._setup(adata, config["genes"], config["batches"], settings, module_kwargs, spec["layer"] if layer is AS_SAVED else layer,
+                 spec["batch_key"] if batch_key is AS_SAVED else batch_key, spec["seed"])
     model.module.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     model.module.to(select_device(device))
     try: model.history = pd.read_csv(path / "history.csv", float_precision="round_trip")
@@ -1118,10 +1137,17 @@ def load(cls: GMVAE, path: str | Path, adata: ad.AnnData, device: str = "auto") 
             if "scale" in maps: model.batch_alignment = (maps["scale"], maps["offset"])
             if "component_mean" in maps: model.component_moments = (maps["component_mean"], maps["component_var"])
     model.mapped_batches = pd.Index(config.get("mapped_batches", []), dtype=object)
-    model._aligned_counts(adata), model._batch_codes(adata, "encoder"), _check_counts(adata, model.layer, model_layer=True)  # fail now, not at the first call
+    # fail now, not at the first call: the counts (with advice for the layer given or not), the genes, the batches
+    _check_counts(adata, model.layer, _model_layer_advice(model.layer, loading=True) if layer is AS_SAVED else None)
+    model._aligned_counts(adata), model._batch_codes(adata, "encoder")
     return model
 
 # %% ../nbs/11_model.ipynb #c0a1e2f4
+@patch
+def unseen_batches(self: GMVAE, adata: ad.AnnData) -> pd.Index:
+    "The batches of `adata` (`obs[batch_key]`) that the model was not trained on, sorted: those `map_query` maps."
+    return pd.Index(_batch_names(adata, self.batch_key).unique(), dtype=object).difference(self.batches)
+
 @patch
 def map_query(self: GMVAE,
               adata: ad.AnnData,  # cells of batches the model was not trained on (cells of its training batches are left out)
@@ -1133,8 +1159,7 @@ def map_query(self: GMVAE,
     if self.component_moments is None:
         raise ValueError("the model has no components' moments to align new batches to: it was not trained, or was saved by "
                          "a gmvae_nb that did not keep them; train it with fit")
-    names = _batch_names(adata, self.batch_key)
-    new = pd.Index(names.unique()).difference(self.batches)
+    names, new = _batch_names(adata, self.batch_key), self.unseen_batches(adata)
     if not len(new):
         raise ValueError(f"obs[{self.batch_key!r}] holds only batches the model was trained on ({_names_preview(names.unique())}), "
                          "which fit aligned already: map_query is for the others")

@@ -23,14 +23,14 @@ def run_cli(*args, cwd=None, umask=-1):
 def test_help_lists_every_command():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("simulate", "main"):
+    for command in ("simulate", "fit", "predict", "sweep", "report", "main"):
         assert command in result.stdout
 
 
 HELP_WITHOUT_IMPORTS = """
 import json, sys
 from gmvae_nb.cli import main
-for argv in (["--help"], ["--version"], *([command, "--help"] for command in ("simulate", "fit", "sweep", "report", "main"))):
+for argv in (["--help"], ["--version"], *([command, "--help"] for command in ("simulate", "fit", "predict", "sweep", "report", "main"))):
     try: main(argv)
     except SystemExit as e: assert e.code == 0, (argv, e.code)
 print(json.dumps(sorted(m for m in ("torch", "numpy", "pandas", "anndata", "scanpy", "papermill") if m in sys.modules)))

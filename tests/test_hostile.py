@@ -238,6 +238,8 @@ CASES: dict[str, Callable[[Path], object]] = {
     "hdf5-not-h5ad": lambda tmp: load_counts(plain_hdf5(tmp)),
     "newer-format-version": lambda tmp: GMVAE.load(newer_format(tmp), toy()),
     "no-saved-model": lambda tmp: GMVAE.load(tmp, toy()),
+    "saved-models-below": lambda tmp: GMVAE.load(saved(tmp / "run").parents[1], toy()),
+    "missing-model-layer-at-load": lambda tmp: GMVAE.load(saved(tmp), counts_in_raw()),
     "save-over-a-model": lambda tmp: model().save(saved(tmp)),
     "missing-embedding": lambda tmp: evaluate(embedded(), embedding="X_scVI"),
     "non-finite-embedding": lambda tmp: evaluate(embedded(non_finite_cells=[2, 5])),
