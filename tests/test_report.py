@@ -121,6 +121,9 @@ def test_report_html_holds_the_sweep_table_and_embeds_its_figures(finished_sweep
     assert re.search(rf"At the recommended K = {choice.k} the model's own clusters reach ARI {own:.3f} with the cell "
                      r"types \(mean over seeds\), against Leiden at resolution 1, scanpy's default clustering: -?\d\.\d{3} on the "
                      r"unintegrated PCA( and -?\d\.\d{3} on scVI)?, on the same test cells", html)
+    run, K = shown_run(finished_sweep)  # the commands that come next: the sweep's file and folder, read as the sweep read them
+    assert (f"<code>gmvae-nb fit tiny.h5ad -K {K} --out sweep_K{K}</code>" in html
+            and f"<code>gmvae-nb predict sweep/runs/{run}/model NEW.h5ad --out NEW_annotated.h5ad</code>" in html)
     assert_the_shown_run_on_every_cell(html, finished_sweep)
 
 

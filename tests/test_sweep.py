@@ -179,21 +179,27 @@ def test_sweep_and_report_on_their_keys_with_counts_in_x_and_no_labels(tmp_path)
         assert model.n_clusters == metrics["n_clusters"] and len(model.history) == 2
         latent = np.load(folder / "latent.npz")
         np.testing.assert_allclose(model.get_latent(test[latent["obs_names"]].copy()), latent["X_gmvae"], rtol=1e-5, atol=1e-6)
-    # a run's model applied to the user's own file, which keeps the counts in X and the batches in obs['donor']
-    predict = [CLI, "predict", str(folder / "model"), str(data), "--out", str(tmp_path / "annotated.h5ad")]
-    result = subprocess.run(predict, capture_output=True, text=True)
-    assert result.returncode == 2 and "put this data's raw counts there, or name the layer that holds them with --layer" in result.stderr
-    result = subprocess.run([*predict, "--layer", "X", "--batch-key", "donor"], capture_output=True, text=True)
-    assert result.returncode == 0 and "mapped" not in result.stdout, result.stderr[-3000:]
-    annotated = ad.read_h5ad(tmp_path / "annotated.h5ad")
-    assert annotated.n_obs == 400 and annotated.uns["gmvae"]["params"]["batch_key"] == "donor"
-    np.testing.assert_allclose(annotated[latent["obs_names"]].obsm["X_gmvae"], latent["X_gmvae"], rtol=1e-5, atol=1e-6)
     report = subprocess.run([CLI, "report", str(out), "--title", "Their cells", "--renderer", "nbconvert"],
                             capture_output=True, text=True)
     assert report.returncode == 0, report.stderr[-3000:]
     html = (out / "report.html").read_text()
     assert headings(html) == ["Their cells", LABEL_FREE[0], "The model in brief", *LABEL_FREE[1:]]
     assert "none: the data have no cell-type labels" in html
+    # the report's next command, run as it reads from the folder that holds the sweep: a run's model applied to the
+    # user's own file, which keeps the counts in X and the batches in obs['donor']
+    command = re.search(r"<code>(gmvae-nb predict sweep/runs/(\w+)/model NEW.h5ad --layer X --batch-key donor "
+                        r"--out NEW_annotated.h5ad)</code>", html)
+    assert command, re.findall(r"<code>gmvae-nb [^<]*</code>", html)
+    predict = [CLI, *command[1].replace("NEW", "theirs").split()[1:]]
+    without_keys = [word for word in predict if word not in ("--layer", "X", "--batch-key", "donor")]
+    result = subprocess.run(without_keys, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "put this data's raw counts there, or name the layer that holds them with --layer" in result.stderr
+    result = subprocess.run(predict, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0 and "mapped" not in result.stdout, result.stderr[-3000:]
+    annotated = ad.read_h5ad(tmp_path / "theirs_annotated.h5ad")
+    assert annotated.n_obs == 400 and annotated.uns["gmvae"]["params"]["batch_key"] == "donor"
+    latent = np.load(out / "runs" / command[2] / "latent.npz")
+    np.testing.assert_allclose(annotated[latent["obs_names"]].obsm["X_gmvae"], latent["X_gmvae"], rtol=1e-5, atol=1e-6)
 
 
 def test_data_too_small_to_score_fail_before_any_training(tmp_path):
