@@ -18,18 +18,26 @@ from . import __version__
 
 # %% auto #0
 __all__ = ['NONE_SPELLINGS', 'TRAIN_OPTIONS', 'DATA_OPTIONS', 'GENE_OPTIONS', 'FIT_OPTIONS', 'MODEL_SETTINGS', 'PREDICT_OPTIONS',
-           'SWEEP_OPTIONS', 'MAIN_JOB_TRAINING', 'simulate_command', 'add_library_options', 'given', 'annotate',
-           'fit_command', 'add_fit_parser', 'predict_command', 'add_predict_parser', 'add_sweep_options',
+           'SWEEP_OPTIONS', 'MAIN_JOB_TRAINING', 'output_file', 'simulate_command', 'add_library_options', 'given',
+           'annotate', 'fit_command', 'add_fit_parser', 'predict_command', 'add_predict_parser', 'add_sweep_options',
            'sweep_command', 'report_command', 'main_command', 'build_parser', 'in_flags', 'main']
 
 # %% ../nbs/12_cli.ipynb #03030950
+def output_file(path: str, example: str) -> Path:
+    "`--out`'s `path` as the file to write; a folder there is refused before any work, with `example` as a file name to write in it."
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"--out '{path}' is a folder: name the .h5ad file to write, e.g. --out {Path(path) / example}")
+    return Path(path)
+
+
 def simulate_command(args: argparse.Namespace) -> Path:
     "Simulate `args.preset` with `args.seed` (and any size overrides) and write it to `args.out`."
     from gmvae_nb.data import write_h5ad
     from gmvae_nb.simulate import simulate
+    out = output_file(args.out, f"{args.preset}.h5ad")
     sizes = {k: getattr(args, k) for k in ("n_cells", "n_genes", "n_types", "n_batches")}
     adata = simulate(args.preset, seed=args.seed, **sizes)
-    path = write_h5ad(adata, args.out)
+    path = write_h5ad(adata, out)
     print(f"wrote {adata.n_obs:,} cells x {adata.n_vars:,} genes "
           f"({adata.obs['batch'].nunique()} batches, {adata.obs['cell_type'].nunique()} cell types) to {path}")
     return path
@@ -212,20 +220,20 @@ def predict_command(args: argparse.Namespace) -> Path:
     "Cluster and embed the cells of `args.data` with the model saved in `args.model`, mapping the batches it was not trained on (unless `--no-align-batches`); write the file, annotated, to `args.out`."
     from gmvae_nb.data import _names_preview, read_h5ad, write_h5ad
     from gmvae_nb.model import GMVAE
-    settings = given(args, PREDICT_OPTIONS)
+    out, settings = output_file(args.out, "annotated.h5ad"), given(args, PREDICT_OPTIONS)
     _check_device(settings)
     align_batches = settings.pop("align_batches", True)
     model = GMVAE.load(args.model, read_h5ad(args.data), **settings)  # the counts, genes and batches checked here
     new = model.unseen_batches(model.adata)
     if align_batches and len(new): model.map_query(model.adata)
     annotate(model, align_batches)
-    write_h5ad(model.adata, args.out)
+    write_h5ad(model.adata, out)
     clusters = model.adata.obs["gmvae_cluster"]
     mapped = (f"; mapped the {len(new)} batch{'es' if len(new) > 1 else ''} it was not trained on ({_names_preview(new, 3)})"
               if align_batches and len(new) else "")
     print(f"clustered {len(clusters):,} cells into {clusters.nunique()} of the model's K={model.n_clusters} clusters{mapped}; "
-          f"wrote {args.out}")
-    return Path(args.out)
+          f"wrote {out}")
+    return out
 
 # %% ../nbs/12_cli.ipynb #b7c1d006
 def add_predict_parser(commands) -> argparse.ArgumentParser:
