@@ -167,6 +167,8 @@ def fit_command(args: argparse.Namespace) -> Path:
     n_top_genes = given(args, GENE_OPTIONS).get("n_top_genes")
     genes_selected(n_top_genes, 0)  # a bad --n-top-genes fails before the data are read
     out = Path(args.out)
+    if out.exists() and not out.is_dir():  # found now, not when the trained model is saved
+        raise NotADirectoryError(f"--out '{out}' is a file: fit writes a folder there (model/ and adata.h5ad); name another")
     adata = load_counts(args.data, **given(args, DATA_OPTIONS), label_key=None)
     loaded = adata.uns["gmvae_nb"]  # the layer and the batch column it read (the library's defaults unless given)
     if n_top_genes := genes_selected(n_top_genes, adata.n_vars):
