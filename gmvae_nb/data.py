@@ -169,10 +169,16 @@ def check_counts(
     return library
 
 # %% ../nbs/01_data.ipynb #27ab09df
+_BATCH_COLUMN_HINT = " Pass batch_key=<column> naming the batches, or batch_key=None for a single batch."  # where the batch column is missing
+
+
 def _obs_column(obs: pd.DataFrame, key: str, role: str, hint: str = "") -> pd.Series:
-    "The `obs` column `key`, or a KeyError naming the columns that exist."
+    "The `obs` column `key`; a KeyError naming the columns that exist where there is none, a ValueError where several share the name."
     if key not in obs.columns:
         raise KeyError(f"obs has no {role} column '{key}'; obs columns: {list(obs.columns)}.{hint}")
+    if (named := int((obs.columns == key).sum())) > 1:
+        raise ValueError(f"obs has {named} columns named '{key}' (obs columns: {list(obs.columns)}): rename all but one, "
+                         "e.g. with adata.obs.columns = [...]")
     return obs[key]
 
 
@@ -200,7 +206,7 @@ def check_obs_columns(
 ):
     "Check that the batch (and label) columns exist and that every cell has a batch (one batch, no column, for `batch_key=None`)."
     if batch_key is not None:
-        batches = _obs_column(obs, batch_key, "batch", " Pass batch_key=<column> naming the batches, or batch_key=None for a single batch.")
+        batches = _obs_column(obs, batch_key, "batch", _BATCH_COLUMN_HINT)
     if label_key is not None:
         _obs_column(obs, label_key, "label", " Pass label_key=<column>, or label_key=None for unlabelled data.")
     if batch_key is not None:  # the columns first, then their values

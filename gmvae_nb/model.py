@@ -27,7 +27,7 @@ import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
 
-from .data import (VALIDATION_FRACTION, _names_preview, _raw_counts_hint, _raw_genes, check_cells_have_batches, check_counts, check_unique_genes,
+from .data import (_BATCH_COLUMN_HINT, VALIDATION_FRACTION, _names_preview, _obs_column, _raw_counts_hint, _raw_genes, check_cells_have_batches, check_counts, check_unique_genes,
     count_matrix, split_parts)
 from .distributed import gathered_from_processes, process_group, process_rank, select_device, world_size
 from .elbo import TERMS, component_log_densities, log_responsibilities
@@ -74,9 +74,7 @@ def _check_counts(adata: ad.AnnData, layer: str | None, model_advice: str | None
 def _batch_names(adata: ad.AnnData, batch_key: str | None) -> pd.Series:
     "Batch name (str) of every cell; a single batch '0' when `batch_key` is None."
     if batch_key is None: return pd.Series("0", index=adata.obs_names)
-    if batch_key not in adata.obs:
-        raise KeyError(f"obs has no column {batch_key!r} (columns: {list(adata.obs.columns)}); pass batch_key=<column> naming the batches, or batch_key=None for single-batch data")
-    names = adata.obs[batch_key]
+    names = _obs_column(adata.obs, batch_key, "batch", _BATCH_COLUMN_HINT)
     check_cells_have_batches(names, batch_key)
     return names.astype(str)
 

@@ -115,6 +115,13 @@ def unseen_batch() -> ad.AnnData:
     return other
 
 
+def two_batch_columns() -> ad.AnnData:
+    "`toy()` with a second obs column named 'batch', as renaming a column to a name another has leaves it."
+    adata = toy()
+    adata.obs = adata.obs.assign(batch2=adata.obs["batch"]).rename(columns={"batch2": "batch"})
+    return adata
+
+
 def counts_in_raw(layers: bool = False) -> ad.AnnData:
     "`toy()` as scanpy leaves it after `adata.raw = adata` and normalisation: the counts in `raw`, X log-normalised; the counts layer kept if `layers`."
     adata = toy()
@@ -209,6 +216,7 @@ CASES: dict[str, Callable[[Path], object]] = {
     "log-normalised-model-layer": lambda tmp: model().get_latent(counts_in_raw(layers=True)),
     "missing-batch-key": lambda tmp: GMVAE(toy(), batch_key="donor"),
     "missing-batch-key-in-file": lambda tmp: load_counts(h5ad(tmp), batch_key="donor"),
+    "duplicate-batch-column": lambda tmp: GMVAE(two_batch_columns(), **TINY),
     "missing-label-key": lambda tmp: load_counts(toy(), label_key="celltype"),
     "missing-batch-values": lambda tmp: GMVAE(missing_batches()),
     "duplicate-genes": lambda tmp: GMVAE(duplicate_genes()),

@@ -264,7 +264,7 @@ def test_reordered_and_extra_genes_are_aligned_by_name(trained, small_data):
 def test_bad_construction_arguments(small_data):
     with pytest.raises(KeyError, match="no layer 'raw'"):
         GMVAE(small_data, layer="raw")
-    with pytest.raises(KeyError, match="no column 'donor_id'"):
+    with pytest.raises(KeyError, match="no batch column 'donor_id'"):
         GMVAE(small_data, batch_key="donor_id")
     negative = small_data[:10].copy()
     negative.layers["counts"] = -negative.layers["counts"]
