@@ -159,7 +159,7 @@ def annotate(model, align_batches: bool = True):
 
 def fit_command(args: argparse.Namespace) -> Path:
     "Fit a GMVAE to `args.data`; write the model to `OUT/model/` and the annotated data to `OUT/adata.h5ad` (from rank 0 under `torchrun`)."
-    from gmvae_nb.data import genes_selected, load_counts, read_h5ad, select_genes, write_h5ad
+    from gmvae_nb.data import genes_selected, load_counts, read_gene_counts, select_genes, write_annotated
     from gmvae_nb.model import GMVAE
     from gmvae_nb.distributed import process_rank
     settings = given(args, TRAIN_OPTIONS) | given(args, FIT_OPTIONS)
@@ -179,11 +179,13 @@ def fit_command(args: argparse.Namespace) -> Path:
     if process_rank() != 0: return out  # the other processes trained along; rank 0 writes the outputs
     trained_on = f"{adata.n_obs:,} cells x {adata.n_vars:,} genes"
     model.adata = adata = None  # the checked training counts are no longer needed: free them before reading the file
-    # attach the model to the user's whole file (its counts checked above), which it annotates and which is written
-    model.adata, model.layer = read_h5ad(args.data), loaded["source_layer"]
+    # attach the model to every cell of the user's file (its counts checked above) with the counts of its genes, annotate them
+    # and write the file with the annotations added, its other matrices copied from disk, never read
+    model.adata = read_gene_counts(args.data, model.genes, loaded["source_layer"])
+    model.layer = loaded["source_layer"]
     annotate(model)
     model.save(out / "model", overwrite=True)
-    write_h5ad(model.adata, out / "adata.h5ad")
+    write_annotated(model.adata, args.data, out / "adata.h5ad")
     last = model.history.iloc[-1]
     print(f"fitted K={model.module_kwargs['n_clusters']} to {trained_on} in "
           f"{len(model.history)} epochs (-ELBO per cell {last['train_neg_elbo']:.1f}); wrote {out / 'model'} and {out / 'adata.h5ad'}")
@@ -220,16 +222,20 @@ PREDICT_OPTIONS = {  # how predict reads the file and embeds its cells -> argpar
 # %% ../nbs/12_cli.ipynb #b7c1d004
 def predict_command(args: argparse.Namespace) -> Path:
     "Cluster and embed the cells of `args.data` with the model saved in `args.model`, mapping the batches it was not trained on (unless `--no-align-batches`); write the file, annotated, to `args.out`."
-    from gmvae_nb.data import _names_preview, read_h5ad, write_h5ad
-    from gmvae_nb.model import GMVAE
+    from gmvae_nb.data import _names_preview, read_gene_counts, write_annotated
+    from gmvae_nb.model import GMVAE, _model_layer_advice, saved_config
     out, settings = output_file(args.out, "annotated.h5ad"), given(args, PREDICT_OPTIONS)
     _check_device(settings)
     align_batches = settings.pop("align_batches", True)
-    model = GMVAE.load(args.model, read_h5ad(args.data), **settings)  # the counts, genes and batches checked here
+    config = saved_config(args.model)
+    layer = settings.get("layer", config["model"]["layer"])
+    # the counts of the model's genes, of every cell; the file's other matrices stay on disk
+    cells = read_gene_counts(args.data, config["genes"], layer, None if "layer" in settings else _model_layer_advice(layer, loading=True))
+    model = GMVAE.load(args.model, cells, **settings)  # the genes and batches checked here
     new = model.unseen_batches(model.adata)
     if align_batches and len(new): model.map_query(model.adata)
     annotate(model, align_batches)
-    write_h5ad(model.adata, out)
+    write_annotated(model.adata, args.data, out)
     clusters = model.adata.obs["gmvae_cluster"]
     mapped = (f"; mapped the {len(new)} batch{'es' if len(new) > 1 else ''} it was not trained on ({_names_preview(new, 3)})"
               if align_batches and len(new) else "")

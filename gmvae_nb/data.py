@@ -8,6 +8,7 @@ Docs: https://gmvae-nb.github.io/gmvae-nb/data.html.md"""
 from __future__ import annotations
 
 import numbers
+import shutil
 import traceback
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,14 +21,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata.abc import CSCDataset, CSRDataset
-from anndata.io import read_elem, sparse_dataset
+from anndata.io import read_elem, sparse_dataset, write_elem
 
 from .files import atomic_path
 
 # %% auto #0
 __all__ = ['HVG_SPANS', 'SPLITS', 'VALIDATION_FRACTION', 'check_counts', 'check_cells_have_batches', 'check_obs_columns',
            'check_unique_genes', 'as_string_categories', 'count_matrix', 'load_counts', 'optional_dependencies',
-           'select_genes', 'genes_selected', 'split_parts', 'split', 'read_h5ad', 'write_h5ad']
+           'select_genes', 'genes_selected', 'split_parts', 'split', 'read_gene_counts', 'write_annotated', 'read_h5ad',
+           'write_h5ad']
 
 # %% ../nbs/01_data.ipynb #13dd5fa0
 _BLOCK_ENTRIES = 2**22  # stored entries read, checked and converted at a time (≈ 50 MB as float64 values + int32 indices)
@@ -294,17 +296,23 @@ def _pick_matrix(X, layers: Mapping, layer: str | None, origin: str, advice: str
         raise KeyError(f"{origin} has no layer '{layer}'; its layers are {list(layers)}. {advice}")
     return layers[layer]
 
-def _raw_genes(adata: ad.AnnData) -> int | None:
-    return None if adata.raw is None else adata.raw.n_vars
+def _adata_raw_hint(adata: ad.AnnData, layer: str | None) -> str:
+    "`_raw_counts_hint` for an AnnData: how to use the counts of its `raw`, if it has one ('' where it has none)."
+    return _raw_counts_hint(None if adata.raw is None else adata.raw.n_vars, layer)
 
 def count_matrix(adata: ad.AnnData, layer: str | None = "counts", advice: str = _USE_X):
     "The counts of `adata`: `layers[layer]` (`X` for None, on disk if `adata` is backed), or a KeyError listing the layers, ending with `advice` and, where `adata.raw` exists, how to use it."
-    matrix = _pick_matrix(adata.X, adata.layers, layer, "adata", advice + _raw_counts_hint(_raw_genes(adata), layer))
+    matrix = _pick_matrix(adata.X, adata.layers, layer, "adata", advice + _adata_raw_hint(adata, layer))
     if adata.isbacked and layer is not None:
         warnings.warn(f"adata is backed by '{adata.filename}', but anndata has read its layers, layers['{layer}'] among "
                       "them, into memory: only X stays on disk. To train from disk, keep the counts in X and pass layer=None.",
                       stacklevel=2)
     return matrix
+
+
+def _point_layer_advice(layer_names: list[str], raw_hint: str) -> str:
+    "What an error about values that are not counts advises where the caller picked the layer."
+    return f"Point `layer` at the raw counts (layers: {layer_names}; layer=None reads X).{raw_hint}"
 
 
 def _load(matrix, obs: pd.DataFrame, var: pd.DataFrame, layer_names: list[str], raw_hint: str, *, source: str, layer: str | None,
@@ -316,7 +324,7 @@ def _load(matrix, obs: pd.DataFrame, var: pd.DataFrame, layer_names: list[str], 
     check_obs_columns(obs, batch_key, label_key)
     genes = _feature_indices(var, feature_type)
     check_unique_genes(var.index[genes])
-    advice = f"Point `layer` at the raw counts (layers: {layer_names}; layer=None reads X).{raw_hint}"
+    advice = _point_layer_advice(layer_names, raw_hint)
     counts = _read_counts(matrix, genes, obs.index, var.index[genes], where, advice)
     keep = _nonempty_cells(counts, obs.index, where, empty_cells)
     if not keep.all():
@@ -346,11 +354,26 @@ def _h5ad_file(path: Path) -> Iterator[h5py.File]:
         raise OSError(f"Cannot read '{path}': it is not an h5ad file, or it is truncated or corrupt (HDF5: {error}).") from error
 
 
-def _raw_genes_in_file(file: h5py.File) -> int | None:
-    "The number of genes of an h5ad file's raw/X, if it has one."
-    if "raw/X" not in file: return None
+def _file_raw_hint(file: h5py.File, layer: str | None) -> str:
+    "`_raw_counts_hint` for an h5ad file: how to use the counts of its raw/X, if it has one ('' where it has none)."
+    if "raw/X" not in file: return ""
     element = file["raw/X"]
-    return (sparse_dataset(element) if isinstance(element, h5py.Group) else element).shape[1]
+    raw_genes = (sparse_dataset(element) if isinstance(element, h5py.Group) else element).shape[1]
+    return _raw_counts_hint(raw_genes, layer, "Its raw/X", "read the file with anndata.read_h5ad, copy those of adata.var_names "
+                            "into a layer and write the file again (adata.write_h5ad)")
+
+
+def _file_counts(file: h5py.File, layer: str | None, origin: str, advice: str):
+    "The counts element of an open h5ad file (`layers[layer]`, `X` for None), indexable on disk; a missing layer's KeyError names `origin` and ends with `advice`."
+    element = _pick_matrix(file.get("X"), file.get("layers", {}), layer, origin, advice)
+    return sparse_dataset(element) if isinstance(element, h5py.Group) else element
+
+
+def _file_frames(file: h5py.File) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "The obs and var of an open h5ad file."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ad.OldFormatWarning)  # obs/var written by anndata < 0.7 (the starter files) read fine
+        return read_elem(file["obs"]), read_elem(file["var"])
 
 
 def load_counts(
@@ -366,21 +389,15 @@ def load_counts(
         raise ValueError(f"empty_cells must be 'drop' or 'error', not {empty_cells!r}.")
     settings = dict(layer=layer, batch_key=batch_key, label_key=label_key, feature_type=feature_type, empty_cells=empty_cells)
     if isinstance(source, ad.AnnData):
-        raw_hint = _raw_counts_hint(_raw_genes(source), layer)
+        raw_hint = _adata_raw_hint(source, layer)
         matrix = _pick_matrix(source.X, source.layers, layer, "The AnnData", _USE_X + raw_hint)
         return _load(matrix, source.obs, source.var, list(source.layers), raw_hint, source="AnnData (in memory)", **settings)
     path = Path(source)
     with _h5ad_file(path) as file:
         layers = file.get("layers", {})
-        raw_hint = _raw_counts_hint(_raw_genes_in_file(file), layer, "Its raw/X",
-                                   "read the file with anndata.read_h5ad, copy those of adata.var_names into a layer and write the file "
-                                   "again (adata.write_h5ad)")
-        element = _pick_matrix(file.get("X"), layers, layer, f"'{path}'", _USE_X + raw_hint)
-        matrix = sparse_dataset(element) if isinstance(element, h5py.Group) else element
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ad.OldFormatWarning)  # obs/var written by anndata < 0.7 (the starter files) read fine
-            obs, var = read_elem(file["obs"]), read_elem(file["var"])
-        return _load(matrix, obs, var, list(layers), raw_hint, source=str(path.resolve()), **settings)
+        raw_hint = _file_raw_hint(file, layer)
+        matrix = _file_counts(file, layer, f"'{path}'", _USE_X + raw_hint)
+        return _load(matrix, *_file_frames(file), list(layers), raw_hint, source=str(path.resolve()), **settings)
 
 # %% ../nbs/01_data.ipynb #703bbaab
 @contextmanager
@@ -412,7 +429,7 @@ def select_genes(
     "Select the `n_top_genes` most variable genes on raw counts with scanpy's batch-aware `seurat_v3` method."
     with optional_dependencies("hvg"): import scanpy as sc  # here: it takes seconds to import, and only this needs it
 
-    counts = _pick_matrix(adata.X, adata.layers, layer, "The AnnData", _USE_X + _raw_counts_hint(_raw_genes(adata), layer))
+    counts = _pick_matrix(adata.X, adata.layers, layer, "The AnnData", _USE_X + _adata_raw_hint(adata, layer))
     if not 0 < n_top_genes <= adata.n_vars:
         raise ValueError(f"n_top_genes must be between 1 and the number of genes ({adata.n_vars:,}), not {n_top_genes:,}.")
     if batch_key is not None:
@@ -504,6 +521,67 @@ def split(
     return adata
 
 # %% ../nbs/01_data.ipynb #63670f53
+def read_gene_counts(
+    path: str | Path,  # an h5ad file
+    genes: Sequence[str],  # the features whose counts to read: every feature of each name
+    layer: str | None = "counts",  # layer holding the raw counts; None reads X
+    advice: str | None = None,  # what the errors about the counts advise; None: as `load_counts`' do
+) -> ad.AnnData:  # the file's obs and var; in layers[layer] (X for None) the counts of `genes`, CSR float32, other columns empty
+    "The cells of the h5ad file at `path` with the counts of `genes` only, at their columns of the file's cells × features: what a model of those genes reads, without the file's other matrices."
+    path = Path(path)
+    with _h5ad_file(path) as file:
+        raw_hint = _file_raw_hint(file, layer)
+        matrix = _file_counts(file, layer, f"'{path}'", (_USE_X if advice is None else advice) + raw_hint)
+        obs, var = _file_frames(file)
+        columns = np.flatnonzero(var.index.isin(genes))
+        where = "X" if layer is None else f"layers['{layer}']"
+        counts_advice = _point_layer_advice(list(file.get("layers", {})), raw_hint) if advice is None else advice + raw_hint
+        read = _read_counts(matrix, columns, obs.index, var.index[columns], where, counts_advice)
+    counts = sp.csr_matrix((read.data, columns[read.indices], read.indptr), shape=(len(obs), len(var)))
+    return ad.AnnData(X=counts if layer is None else None, obs=obs, var=var, layers={} if layer is None else {layer: counts})
+
+
+def _current_format(file: h5py.File) -> bool:
+    "Whether the h5ad file's obs, var, obsm and uns are groups (anndata ≥ 0.7), so that their entries can be rewritten one by one."
+    return all(key not in file or isinstance(file[key], h5py.Group) for key in ("obs", "var", "obsm", "uns"))
+
+
+def write_annotated(
+    adata: ad.AnnData,  # the cells of `source` as `read_gene_counts` read them, annotated since
+    source: str | Path,  # the h5ad file they were read from
+    path: str | Path,  # where to write the annotated file
+) -> Path:
+    "Write to `path` the h5ad file `source` with `adata`'s obs and var in place of its own and `adata`'s obsm and uns entries added to its own (replacing those of the same name); the file's matrices are copied, never read. Atomic (see `gmvae_nb.files.atomic_path`)."
+    source = Path(source)
+    with _h5ad_file(source) as file:
+        obs, var = _file_frames(file)
+        current = _current_format(file)
+    for axis, names, ours in (("cells", obs.index, adata.obs_names), ("features", var.index, adata.var_names)):
+        if not ours.equals(names):
+            raise ValueError(f"adata's {len(ours):,} {axis} are not the {len(names):,} {axis} of '{source}', in its order: "
+                             "annotate the AnnData that read_gene_counts read from that file")
+    if not current:  # written by anndata < 0.7: read whole, written in the current format
+        whole = read_h5ad(source)
+        whole.obs, whole.var = adata.obs, adata.var
+        whole.obsm.update(adata.obsm)
+        whole.uns.update(adata.uns)
+        return write_h5ad(whole, path)
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+        with h5py.File(tmp, "r+") as file:
+            for key, frame in (("obs", adata.obs), ("var", adata.var)):
+                del file[key]
+                write_elem(file, key, frame)
+            for key, entries in (("obsm", dict(adata.obsm)), ("uns", dict(adata.uns))):
+                if key not in file:
+                    write_elem(file, key, entries)
+                    continue
+                for name, value in entries.items():
+                    if name in file[key]: del file[key][name]
+                    write_elem(file[key], name, value)
+    return Path(path)
+
+
 def read_h5ad(path: str | Path) -> ad.AnnData:
     "The whole AnnData of the h5ad file at `path`, in memory; a file that is missing, damaged or not an h5ad fails as in `load_counts`."
     path = Path(path)

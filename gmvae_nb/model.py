@@ -27,7 +27,7 @@ import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
 
-from .data import (_BATCH_COLUMN_HINT, VALIDATION_FRACTION, _names_preview, _obs_column, _raw_counts_hint, _raw_genes, check_cells_have_batches, check_counts, check_unique_genes,
+from .data import (_BATCH_COLUMN_HINT, VALIDATION_FRACTION, _names_preview, _obs_column, _adata_raw_hint, check_cells_have_batches, check_counts, check_unique_genes,
     count_matrix, split_parts)
 from .distributed import gathered_from_processes, process_group, process_rank, select_device, world_size
 from .elbo import TERMS, component_log_densities, log_responsibilities
@@ -44,7 +44,7 @@ __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MI
            'restart_agreement', 'choose_restart', 'mixing_em_every', 'em_mixing_weights', 'component_moments',
            'batch_alignment', 'aligned_latent', 'default_choose_after', 'RestartPlan', 'restart_groups', 'stored_bytes',
            'side_by_side_memory', 'cgroup_memory_left', 'available_memory', 'resolve_n_jobs', 'cluster_categories',
-           'posterior_mixture_moments']
+           'posterior_mixture_moments', 'saved_config']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _model_layer_advice(layer: str | None, loading: bool = False) -> str:
@@ -56,7 +56,7 @@ def _model_layer_advice(layer: str | None, loading: bool = False) -> str:
 def _check_counts(adata: ad.AnnData, layer: str | None, model_advice: str | None = None):
     "Fail unless `adata.layers[layer]` (`X` for None) holds raw counts (see `check_counts`); warn about cells without counts. `model_advice`: what to advise where the layer is a built model's (`_model_layer_advice`), which the user's `layer` argument does not set."
     where = "X" if layer is None else f"layers['{layer}']"
-    hint = "" if model_advice and layer is None else _raw_counts_hint(_raw_genes(adata), layer)  # a model's X stays X
+    hint = "" if model_advice and layer is None else _adata_raw_hint(adata, layer)  # a model's X stays X
     if model_advice:
         matrix, advice = count_matrix(adata, layer, model_advice), model_advice + hint
     else:
@@ -1103,6 +1103,17 @@ def _no_saved_model(path: Path) -> str:
     where = f"; the saved models below it: {_names_preview(map(str, below), 3)}" if below else ""
     return f"'{path}' holds no saved GMVAE (no config.json){where}"
 
+def saved_config(path: str | Path) -> dict:
+    "What `save` wrote to `path/config.json` (the model's settings, layer, batch key, genes and batches), checked to be a format this gmvae_nb reads."
+    path = Path(path)
+    if not (path / "config.json").is_file(): raise FileNotFoundError(_no_saved_model(path))
+    config = json.loads((path / "config.json").read_text())
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"'{path}' was saved in format version {version!r} by gmvae_nb {config.get('package_version')}; "
+                         f"this gmvae_nb reads format versions up to {FORMAT_VERSION}: upgrade gmvae_nb to load it")
+    return config
+
 @patch(cls_method=True)
 def load(cls: GMVAE,
          path: str | Path,  # the folder `save` wrote
@@ -1113,12 +1124,8 @@ def load(cls: GMVAE,
         ) -> GMVAE:
     "The model saved in the folder `path`, attached to `adata`, reading its counts from `layer` and its batches from `batch_key`."
     path = Path(path)
-    if not (path / "config.json").is_file(): raise FileNotFoundError(_no_saved_model(path))
-    config = json.loads((path / "config.json").read_text())
-    version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"'{path}' was saved in format version {version!r} by gmvae_nb {config.get('package_version')}; "
-                         f"this gmvae_nb reads format versions up to {FORMAT_VERSION}: upgrade gmvae_nb to load it")
+    config = saved_config(path)
+    version = config["format_version"]
     model = cls.__new__(cls)
     spec = config["model"]
     # format 1 saved only the arguments given; the defaults then were the blog's architecture

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 
 CLI = str(Path(sys.executable).with_name("gmvae-nb"))
@@ -146,3 +147,58 @@ def test_user_errors_are_one_line_naming_the_flag_with_exit_status_2(tmp_path):
         assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"gmvae-nb {argv[0]}: error: "), result.stderr
         assert problem in result.stderr, (problem, result.stderr)
     assert not (tmp_path / "out").exists()
+
+
+def neurips_layout(cells: ad.AnnData, n_peaks: int = 200, seed: int = 0) -> ad.AnnData:
+    "Simulated cells in the GEO files' layout: GEX genes and ATAC peaks, counts in layers['counts'], log-normalised X, raw, a graph and a UMAP."
+    import scipy.sparse as sp
+    rng = np.random.default_rng(seed)
+    peaks = sp.random(cells.n_obs, n_peaks, density=0.1, format="csr", random_state=seed, data_rvs=lambda n: rng.integers(1, 4, n))
+    counts = sp.hstack([cells.layers["counts"], peaks.astype(np.float32)], format="csr")
+    var = pd.concat([cells.var.assign(feature_types="GEX"),
+                     pd.DataFrame({"feature_types": "ATAC"}, index=[f"chr1-{i}" for i in range(n_peaks)])])
+    normalised = counts.copy()
+    normalised.data = np.log1p(normalised.data)
+    layout = ad.AnnData(normalised, obs=cells.obs, var=var, layers={"counts": counts},
+                        obsm={"X_umap": rng.normal(size=(cells.n_obs, 2))}, obsp={"connectivities": sp.eye(cells.n_obs, format="csr")},
+                        varm={"PCs": rng.normal(size=(len(var), 3))}, uns={"dataset_id": "toy"})
+    layout.raw = layout.copy()
+    return layout
+
+
+def assert_file_kept(annotated: ad.AnnData, original: ad.AnnData):
+    "Everything `original` held is in `annotated` as it was."
+    for name, matrix in [("X", lambda a: a.X), ("counts", lambda a: a.layers["counts"]), ("raw", lambda a: a.raw.X),
+                         ("connectivities", lambda a: a.obsp["connectivities"])]:
+        assert (matrix(annotated) != matrix(original)).nnz == 0, name
+    np.testing.assert_array_equal(annotated.obsm["X_umap"], original.obsm["X_umap"])
+    np.testing.assert_array_equal(annotated.varm["PCs"], original.varm["PCs"])
+    assert annotated.uns["dataset_id"] == "toy"
+    assert annotated.obs[original.obs.columns].equals(original.obs) and annotated.var[original.var.columns].equals(original.var)
+
+
+def test_fit_and_predict_on_files_with_peaks_read_only_the_genes_and_keep_the_rest(tmp_path):
+    from gmvae_nb.model import GMVAE
+    from gmvae_nb.simulate import simulate
+    cells = simulate("default", n_cells=400, n_genes=80, n_batches=3, seed=0)
+    third = (cells.obs["batch"] == cells.obs["batch"].cat.categories[2]).to_numpy()
+    first, new = neurips_layout(cells[~third].copy()), neurips_layout(cells[third].copy(), seed=1)
+    first.write_h5ad(tmp_path / "first.h5ad")
+    fit = run_cli("fit", tmp_path / "first.h5ad", "-K", "3", "--epochs", "2", "--n-init", "1", "--out", tmp_path / "run", "--quiet")
+    assert fit.returncode == 0, fit.stderr
+    annotated = ad.read_h5ad(tmp_path / "run" / "adata.h5ad")
+    assert_file_kept(annotated, first)
+    assert annotated.var["gmvae_gene"].tolist() == [True] * 80 + [False] * 200  # the GEX features, as load_counts reads them
+    assert annotated.obsm["X_gmvae"].shape == (first.n_obs, 10)
+
+    # the peaks of the new file hold values that are not counts: predict neither reads nor checks them
+    new.layers["counts"][:, 80:] = new.layers["counts"][:, 80:] * 0.5
+    new.write_h5ad(tmp_path / "new.h5ad")
+    result = run_cli("predict", tmp_path / "run" / "model", tmp_path / "new.h5ad", "--out", tmp_path / "new_annotated.h5ad")
+    assert result.returncode == 0, result.stderr
+    annotated = ad.read_h5ad(tmp_path / "new_annotated.h5ad")
+    assert_file_kept(annotated, new)
+    model = GMVAE.load(tmp_path / "run" / "model", new[:, :80].copy(), device="cpu")
+    np.testing.assert_array_equal(annotated.obsm["X_gmvae"], model.map_query(model.adata).get_latent())
+    np.testing.assert_array_equal(annotated.obs["gmvae_cluster"].astype(int), model.predict())
+    assert sorted(annotated.uns) == ["dataset_id", "gmvae"]
