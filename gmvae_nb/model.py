@@ -154,6 +154,15 @@ class GMVAE:
                 f"{len(self.batches)} batches{mapped}, {trained})")
 
 # %% ../nbs/11_model.ipynb #814c02c0
+def _gene_column_hint(var: pd.DataFrame, genes: pd.Index) -> str:
+    "Where a column of `var` holds most of `genes` that its index lacks (CELLxGENE's files name genes by Ensembl ID and keep the symbols in `var['feature_name']`, the GEO files the reverse in `var['gene_ids']`): how to use it; '' where none does."
+    found = {column: int(genes.isin(values.astype(str)).sum()) for column, values in var.items()
+             if values.dtype == object or isinstance(values.dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(values)}
+    column = max(found, key=found.get, default=None)
+    if column is None or found[column] < len(genes) / 2: return ""
+    return (f" var['{column}'] holds {found[column]:,} of them: if it names the genes as the model's training data did, make it "
+            f"the var names first: adata.var_names = adata.var['{column}'].astype(str).")
+
 @patch
 def _aligned_counts(self: GMVAE, adata: ad.AnnData):
     "The counts of `adata` with the model's genes as columns, in the model's order (picked minibatch by minibatch when on disk)."
@@ -162,9 +171,10 @@ def _aligned_counts(self: GMVAE, adata: ad.AnnData):
     missing = self.genes.difference(adata.var_names, sort=False)
     if len(missing):
         raise ValueError(f"{len(missing):,} of the model's {len(self.genes):,} genes are missing from adata.var_names: "
-                         f"{_names_preview(missing)}")
-    check_unique_genes(adata.var_names)
-    columns = adata.var_names.get_indexer(self.genes)
+                         f"{_names_preview(missing)}.{_gene_column_hint(adata.var, missing)}")
+    named = np.flatnonzero(adata.var_names.isin(self.genes))  # a name repeated among the other features may stay
+    check_unique_genes(adata.var_names[named])
+    columns = named[adata.var_names[named].get_indexer(self.genes)]
     return DiskRows(matrix, columns) if on_disk(matrix) else matrix[:, columns]
 
 _DECODE_AT_A_TRAINING_BATCH = ("The decoder takes the batch, so it decodes such cells only at a training batch: "

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from gmvae_nb.baselines import pca_baseline, scvi_baseline
-from gmvae_nb.data import load_counts, write_h5ad
+from gmvae_nb.data import load_counts, read_gene_counts, write_annotated, write_h5ad
 from gmvae_nb.metrics import evaluate
 from gmvae_nb.model import FORMAT_VERSION, GMVAE
 from gmvae_nb.report import render_report
@@ -113,6 +113,14 @@ def unseen_batch() -> ad.AnnData:
     other = toy()
     other.obs["batch"] = other.obs["batch"].cat.rename_categories({"b1": "b9"})
     return other
+
+
+def named_by_id() -> ad.AnnData:
+    "`toy()` as CELLxGENE names its genes: Ensembl-like IDs as var names, the symbols in `var['feature_name']`."
+    adata = toy()
+    adata.var["feature_name"] = adata.var_names
+    adata.var_names = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
+    return adata
 
 
 def two_batch_columns() -> ad.AnnData:
@@ -238,12 +246,14 @@ CASES: dict[str, Callable[[Path], object]] = {
     "a-single-group": lambda tmp: model().differential_expression(one_tissue(), groupby="tissue"),
     "missing-genes": lambda tmp: model().get_latent(toy()[:, 1:].copy()),
     "missing-genes-at-load": lambda tmp: GMVAE.load(saved(tmp), toy()[:, 1:].copy()),
+    "genes-in-a-var-column": lambda tmp: GMVAE.load(saved(tmp), named_by_id()),
     "no-train-cells": lambda tmp: no_train_cells().fit(max_epochs=1, progress=False),
     "missing-file": lambda tmp: load_counts(tmp / "nope.h5ad"),
     "truncated-h5ad": lambda tmp: load_counts(damaged(tmp, lambda data: data[: len(data) // 2])),
     "damaged-h5ad": lambda tmp: load_counts(damaged(tmp, lambda data: data[:-2000] + bytes(2000))),
     "not-hdf5": lambda tmp: load_counts(damaged(tmp, lambda data: b"cell,g0,g1\ncell0,1,2\n")),
     "hdf5-not-h5ad": lambda tmp: load_counts(plain_hdf5(tmp)),
+    "annotations-of-other-cells": lambda tmp: write_annotated(read_gene_counts(h5ad(tmp), ["g0"])[::2], tmp / "data.h5ad", tmp / "out.h5ad"),
     "newer-format-version": lambda tmp: GMVAE.load(newer_format(tmp), toy()),
     "no-saved-model": lambda tmp: GMVAE.load(tmp, toy()),
     "saved-models-below": lambda tmp: GMVAE.load(saved(tmp / "run").parents[1], toy()),
