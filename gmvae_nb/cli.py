@@ -152,9 +152,10 @@ def _check_device(settings: dict):
 
 def annotate(model, align_batches: bool = True):
     "Annotate the model's data (`model.adata`) with its embedding (aligned across batches, or the posterior means), responsibilities and clusters, and mark the genes it reads in `var['gmvae_gene']`."
+    import numpy as np
     model.get_latent(align_batches=align_batches)
     model.predict()
-    model.adata.var["gmvae_gene"] = model.adata.var_names.isin(model.genes)
+    model.adata.var["gmvae_gene"] = np.isin(np.arange(model.adata.n_vars), model._feature_columns(model.adata))
 
 
 def fit_command(args: argparse.Namespace) -> Path:

@@ -102,6 +102,12 @@ def _module_arguments(settings: str, module_kwargs: dict) -> dict:
     return {name: list(value) if isinstance(value, tuple) else value for name, value in arguments.items()}  # as JSON keeps them
 
 # %% ../nbs/11_model.ipynb #e716323d
+def _single_feature_type(var: pd.DataFrame) -> str | None:
+    "The one value of `var['feature_types']` (the GEO files' 'GEX'), or None where there is no such column or it holds several."
+    if "feature_types" not in var.columns: return None
+    types = pd.unique(var["feature_types"])
+    return str(types[0]) if len(types) == 1 and not pd.isna(types[0]) else None
+
 class GMVAE:
     "Gaussian-mixture VAE that clusters the cells of `adata` and removes the batch effects of `obs[batch_key]`."
     def __init__(self,
@@ -124,11 +130,13 @@ class GMVAE:
         check_unique_genes(adata.var_names)
         # the module checks its arguments (n_clusters ≥ 1, …) before the counts, the one check that reads all the data
         self._setup(adata, list(adata.var_names), list(batches), settings,
-                    _module_arguments(settings, dict(n_clusters=n_clusters, **module_kwargs)), layer, batch_key, seed)
+                    _module_arguments(settings, dict(n_clusters=n_clusters, **module_kwargs)), layer, batch_key, seed,
+                    _single_feature_type(adata.var))
         _check_counts(adata, layer)
 
-    def _setup(self, adata, genes, batches, settings, module_kwargs, layer, batch_key, seed):
+    def _setup(self, adata, genes, batches, settings, module_kwargs, layer, batch_key, seed, feature_type):
         self.adata, self.layer, self.batch_key, self.seed, self.settings = adata, layer, batch_key, seed, settings
+        self.feature_type = feature_type  # the training genes' var['feature_types'], if they had one
         self.genes, self.batches, self.module_kwargs = pd.Index(genes), pd.Index(batches), module_kwargs
         self.module = self._new_module(seed)
         self.history, self.train_config, self.batch_alignment = pd.DataFrame(), None, None
@@ -164,17 +172,26 @@ def _gene_column_hint(var: pd.DataFrame, genes: pd.Index) -> str:
             f"the var names first: adata.var_names = adata.var['{column}'].astype(str).")
 
 @patch
-def _aligned_counts(self: GMVAE, adata: ad.AnnData):
-    "The counts of `adata` with the model's genes as columns, in the model's order (picked minibatch by minibatch when on disk)."
-    matrix = count_matrix(adata, self.layer, _model_layer_advice(self.layer))
-    if adata.var_names.equals(self.genes): return matrix
+def _feature_columns(self: GMVAE, adata: ad.AnnData) -> np.ndarray:
+    "The column of `adata` of each of the model's genes, in the model's order: the feature of its name, of the model's feature type where the name is repeated across types."
     missing = self.genes.difference(adata.var_names, sort=False)
     if len(missing):
         raise ValueError(f"{len(missing):,} of the model's {len(self.genes):,} genes are missing from adata.var_names: "
                          f"{_names_preview(missing)}.{_gene_column_hint(adata.var, missing)}")
     named = np.flatnonzero(adata.var_names.isin(self.genes))  # a name repeated among the other features may stay
+    repeated = adata.var_names[named].duplicated(keep=False)
+    if repeated.any() and self.feature_type is not None and "feature_types" in adata.var.columns:
+        other_type = adata.var["feature_types"].to_numpy()[named] != self.feature_type
+        named = named[~(repeated & other_type)]  # CD4 the gene, not CD4 the antibody tag
     check_unique_genes(adata.var_names[named])
-    columns = named[adata.var_names[named].get_indexer(self.genes)]
+    return named[adata.var_names[named].get_indexer(self.genes)]
+
+@patch
+def _aligned_counts(self: GMVAE, adata: ad.AnnData):
+    "The counts of `adata` with the model's genes as columns, in the model's order (picked minibatch by minibatch when on disk)."
+    matrix = count_matrix(adata, self.layer, _model_layer_advice(self.layer))
+    if adata.var_names.equals(self.genes): return matrix
+    columns = self._feature_columns(adata)
     return DiskRows(matrix, columns) if on_disk(matrix) else matrix[:, columns]
 
 _DECODE_AT_A_TRAINING_BATCH = ("The decoder takes the batch, so it decodes such cells only at a training batch: "
@@ -1093,6 +1110,7 @@ def save(self: GMVAE, path: str | Path, overwrite: bool = False) -> Path:
         with atomic_path(path / ALIGNMENT_FILE) as tmp, open(tmp, "wb") as file: np.savez(file, **arrays)
     config = dict(format_version=FORMAT_VERSION, package_version=__version__, torch_version=torch.__version__,
                   model=dict(layer=self.layer, batch_key=self.batch_key, seed=self.seed, settings=self.settings,
+                             feature_type=self.feature_type,
                              module_kwargs=self.module_kwargs),
                   genes=list(self.genes), batches=list(self.batches), mapped_batches=list(self.mapped_batches),
                   normalisation=_normalisation(self.module),
@@ -1141,7 +1159,7 @@ def load(cls: GMVAE,
     # format 1 saved only the arguments given; the defaults then were the blog's architecture
     settings, module_kwargs = (spec["settings"], spec["module_kwargs"]) if version >= 2 else ("blog", _module_arguments("blog", spec["module_kwargs"]))
     model._setup(adata, config["genes"], config["batches"], settings, module_kwargs, spec["layer"] if layer is AS_SAVED else layer,
-                 spec["batch_key"] if batch_key is AS_SAVED else batch_key, spec["seed"])
+                 spec["batch_key"] if batch_key is AS_SAVED else batch_key, spec["seed"], spec.get("feature_type"))  # saved since 2026-12-07
     model.module.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     model.module.to(select_device(device))
     try: model.history = pd.read_csv(path / "history.csv", float_precision="round_trip")

@@ -150,13 +150,15 @@ def test_user_errors_are_one_line_naming_the_flag_with_exit_status_2(tmp_path):
 
 
 def neurips_layout(cells: ad.AnnData, n_peaks: int = 200, seed: int = 0) -> ad.AnnData:
-    "Simulated cells in the GEO files' layout: GEX genes and ATAC peaks, counts in layers['counts'], log-normalised X, raw, a graph and a UMAP."
+    "Simulated cells in the GEO files' layout: GEX genes, ATAC peaks and an antibody tag named as the first gene, counts in layers['counts'], log-normalised X, raw, a graph and a UMAP."
     import scipy.sparse as sp
     rng = np.random.default_rng(seed)
     peaks = sp.random(cells.n_obs, n_peaks, density=0.1, format="csr", random_state=seed, data_rvs=lambda n: rng.integers(1, 4, n))
-    counts = sp.hstack([cells.layers["counts"], peaks.astype(np.float32)], format="csr")
+    tag = sp.csr_matrix(rng.integers(50, 100, (cells.n_obs, 1)))
+    counts = sp.hstack([cells.layers["counts"], peaks.astype(np.float32), tag.astype(np.float32)], format="csr")
     var = pd.concat([cells.var.assign(feature_types="GEX"),
-                     pd.DataFrame({"feature_types": "ATAC"}, index=[f"chr1-{i}" for i in range(n_peaks)])])
+                     pd.DataFrame({"feature_types": "ATAC"}, index=[f"chr1-{i}" for i in range(n_peaks)]),
+                     pd.DataFrame({"feature_types": "ADT"}, index=cells.var_names[:1])])
     normalised = counts.copy()
     normalised.data = np.log1p(normalised.data)
     layout = ad.AnnData(normalised, obs=cells.obs, var=var, layers={"counts": counts},
@@ -177,7 +179,7 @@ def assert_file_kept(annotated: ad.AnnData, original: ad.AnnData):
     assert annotated.obs[original.obs.columns].equals(original.obs) and annotated.var[original.var.columns].equals(original.var)
 
 
-def test_fit_and_predict_on_files_with_peaks_read_only_the_genes_and_keep_the_rest(tmp_path):
+def test_fit_and_predict_on_files_with_peaks_and_tags_read_only_the_genes_and_keep_the_rest(tmp_path):
     from gmvae_nb.model import GMVAE
     from gmvae_nb.simulate import simulate
     cells = simulate("default", n_cells=400, n_genes=80, n_batches=3, seed=0)
@@ -188,11 +190,11 @@ def test_fit_and_predict_on_files_with_peaks_read_only_the_genes_and_keep_the_re
     assert fit.returncode == 0, fit.stderr
     annotated = ad.read_h5ad(tmp_path / "run" / "adata.h5ad")
     assert_file_kept(annotated, first)
-    assert annotated.var["gmvae_gene"].tolist() == [True] * 80 + [False] * 200  # the GEX features, as load_counts reads them
+    assert annotated.var["gmvae_gene"].tolist() == [True] * 80 + [False] * 201  # the GEX features, not the tag named as one
     assert annotated.obsm["X_gmvae"].shape == (first.n_obs, 10)
 
     # the peaks of the new file hold values that are not counts: predict neither reads nor checks them
-    new.layers["counts"][:, 80:] = new.layers["counts"][:, 80:] * 0.5
+    new.layers["counts"][:, 80:280] = new.layers["counts"][:, 80:280] * 0.5
     new.write_h5ad(tmp_path / "new.h5ad")
     result = run_cli("predict", tmp_path / "run" / "model", tmp_path / "new.h5ad", "--out", tmp_path / "new_annotated.h5ad")
     assert result.returncode == 0, result.stderr
