@@ -224,14 +224,14 @@ PREDICT_OPTIONS = {  # how predict reads the file and embeds its cells -> argpar
 def predict_command(args: argparse.Namespace) -> Path:
     "Cluster and embed the cells of `args.data` with the model saved in `args.model`, mapping the batches it was not trained on (unless `--no-align-batches`); write the file, annotated, to `args.out`."
     from gmvae_nb.data import _names_preview, read_gene_counts, write_annotated
-    from gmvae_nb.model import GMVAE, _model_layer_advice, saved_config
+    from gmvae_nb.model import AS_SAVED, GMVAE, _layer_when_loaded, saved_config
     out, settings = output_file(args.out, "annotated.h5ad"), given(args, PREDICT_OPTIONS)
     _check_device(settings)
     align_batches = settings.pop("align_batches", True)
     config = saved_config(args.model)
-    layer = settings.get("layer", config["model"]["layer"])
+    layer, counts_advice = _layer_when_loaded(config["model"]["layer"], settings.get("layer", AS_SAVED))
     # the counts of the model's genes, of every cell; the file's other matrices stay on disk
-    cells = read_gene_counts(args.data, config["genes"], layer, None if "layer" in settings else _model_layer_advice(layer, loading=True))
+    cells = read_gene_counts(args.data, config["genes"], layer, counts_advice)
     model = GMVAE.load(args.model, cells, **settings)  # the genes and batches checked here
     new = model.unseen_batches(model.adata)
     if align_batches and len(new): model.map_query(model.adata)

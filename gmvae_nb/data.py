@@ -286,6 +286,11 @@ def _raw_counts_hint(raw_genes: int | None, layer: str | None, holder: str = "ad
             f"adata.layers['{name}'] = adata.raw[:, adata.var_names].X" + ("" if layer else f", and pass layer='{name}'") + ".")
 
 
+def _matrix_name(layer: str | None) -> str:
+    "How messages name the matrix `layer` picks: `X` for None, else `layers['…']`."
+    return "X" if layer is None else f"layers['{layer}']"
+
+
 def _pick_matrix(X, layers: Mapping, layer: str | None, origin: str, advice: str = _USE_X):
     "The matrix `layer` names (`X` for None), or a KeyError listing the layers and ending with `advice`."
     if layer is None:
@@ -318,7 +323,7 @@ def _point_layer_advice(layer_names: list[str], raw_hint: str) -> str:
 def _load(matrix, obs: pd.DataFrame, var: pd.DataFrame, layer_names: list[str], raw_hint: str, *, source: str, layer: str | None,
           batch_key: str, label_key: str | None, feature_type: str | None, empty_cells: str) -> ad.AnnData:
     "Check `obs`, `var` and the counts in `matrix`, and build the result of `load_counts`."
-    where = "X" if layer is None else f"layers['{layer}']"
+    where = _matrix_name(layer)
     if not len(obs) or not len(var):
         raise ValueError(f"{source} holds no data: {len(obs):,} cells × {len(var):,} features.")
     check_obs_columns(obs, batch_key, label_key)
@@ -534,7 +539,7 @@ def read_gene_counts(
         matrix = _file_counts(file, layer, f"'{path}'", (_USE_X if advice is None else advice) + raw_hint)
         obs, var = _file_frames(file)
         columns = np.flatnonzero(var.index.isin(genes))
-        where = "X" if layer is None else f"layers['{layer}']"
+        where = _matrix_name(layer)
         counts_advice = _point_layer_advice(list(file.get("layers", {})), raw_hint) if advice is None else advice + raw_hint
         read = _read_counts(matrix, columns, obs.index, var.index[columns], where, counts_advice)
     counts = sp.csr_matrix((read.data, columns[read.indices], read.indptr), shape=(len(obs), len(var)))

@@ -27,7 +27,7 @@ import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
 
-from .data import (_BATCH_COLUMN_HINT, VALIDATION_FRACTION, _names_preview, _obs_column, _adata_raw_hint, check_cells_have_batches, check_counts, check_unique_genes,
+from .data import (_BATCH_COLUMN_HINT, VALIDATION_FRACTION, _names_preview, _obs_column, _adata_raw_hint, _matrix_name, check_cells_have_batches, check_counts, check_unique_genes,
     count_matrix, split_parts)
 from .distributed import gathered_from_processes, process_group, process_rank, select_device, world_size
 from .elbo import TERMS, component_log_densities, log_responsibilities
@@ -49,13 +49,13 @@ __all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MI
 # %% ../nbs/11_model.ipynb #4104dd22
 def _model_layer_advice(layer: str | None, loading: bool = False) -> str:
     "What an error about the counts of data given to a built model advises: its layer is fixed, so put the counts there (`loading`: or, to `GMVAE.load`, name the layer that holds them)."
-    where = "X" if layer is None else f"layers['{layer}']"
+    where = _matrix_name(layer)
     other = ", or name the layer that holds them with `layer`" if loading else ""
     return f"The model reads the counts from {where}, as it did from its training data: put this data's raw counts there{other}."
 
 def _check_counts(adata: ad.AnnData, layer: str | None, model_advice: str | None = None):
     "Fail unless `adata.layers[layer]` (`X` for None) holds raw counts (see `check_counts`); warn about cells without counts. `model_advice`: what to advise where the layer is a built model's (`_model_layer_advice`), which the user's `layer` argument does not set."
-    where = "X" if layer is None else f"layers['{layer}']"
+    where = _matrix_name(layer)
     hint = "" if model_advice and layer is None else _adata_raw_hint(adata, layer)  # a model's X stays X
     if model_advice:
         matrix, advice = count_matrix(adata, layer, model_advice), model_advice + hint
@@ -1142,6 +1142,11 @@ def saved_config(path: str | Path) -> dict:
                          f"this gmvae_nb reads format versions up to {FORMAT_VERSION}: upgrade gmvae_nb to load it")
     return config
 
+def _layer_when_loaded(saved_layer: str | None, layer) -> tuple[str | None, str | None]:
+    "The layer a model saved with `saved_layer` reads when loaded with `layer` (`AS_SAVED`: its own), and what an error about the counts there advises (None: as for any layer the user names)."
+    if layer is AS_SAVED: return saved_layer, _model_layer_advice(saved_layer, loading=True)
+    return layer, None
+
 @patch(cls_method=True)
 def load(cls: GMVAE,
          path: str | Path,  # the folder `save` wrote
@@ -1158,7 +1163,8 @@ def load(cls: GMVAE,
     spec = config["model"]
     # format 1 saved only the arguments given; the defaults then were the blog's architecture
     settings, module_kwargs = (spec["settings"], spec["module_kwargs"]) if version >= 2 else ("blog", _module_arguments("blog", spec["module_kwargs"]))
-    model._setup(adata, config["genes"], config["batches"], settings, module_kwargs, spec["layer"] if layer is AS_SAVED else layer,
+    layer, counts_advice = _layer_when_loaded(spec["layer"], layer)
+    model._setup(adata, config["genes"], config["batches"], settings, module_kwargs, layer,
                  spec["batch_key"] if batch_key is AS_SAVED else batch_key, spec["seed"], spec.get("feature_type"))  # saved since 2026-12-07
     model.module.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     model.module.to(select_device(device))
@@ -1171,7 +1177,7 @@ def load(cls: GMVAE,
             if "component_mean" in maps: model.component_moments = (maps["component_mean"], maps["component_var"])
     model.mapped_batches = pd.Index(config.get("mapped_batches", []), dtype=object)
     # fail now, not at the first call: the counts (with advice for the layer given or not), the genes, the batches
-    _check_counts(adata, model.layer, _model_layer_advice(model.layer, loading=True) if layer is AS_SAVED else None)
+    _check_counts(adata, model.layer, counts_advice)
     model._aligned_counts(adata), model._batch_codes(adata, "encoder")
     return model
 
