@@ -13,8 +13,9 @@ peak RSS (`VmHWM`) is its own:
 - genes (the commands since): `read_gene_counts(path, model.genes)`, `GMVAE.load`, the annotations,
   `write_annotated`, which copies the file and rewrites its obs, var, obsm and uns.
 
-The two written files must hold the same annotations (checked) and the same matrices (checked on `X`'s and the
-counts' stored values, read back in blocks).
+The two written files must hold the same clusters, responsibilities, obs and var (checked) and the same matrices
+(checked on `X`'s and the counts' stored values, read back in blocks); the aligned embeddings, a float32 sum whose
+last bits can differ from one process to the next, are compared by their largest difference.
 
     .venv/bin/python benchmarks/annotate_memory.py [--n-cells N] [--threads T] [--keep DIR]
 """
@@ -66,10 +67,12 @@ def write_data(path: Path, args):
 
 def train_model(path: Path, folder: Path, args):
     "A model of the file's first `--model-genes` genes, trained `--epochs` epochs on 2,000 of its cells."
+    import anndata as ad
+    import h5py
+
     from gmvae_nb.data import read_gene_counts
     from gmvae_nb.model import GMVAE
-    import anndata as ad
-    with __import__("h5py").File(path) as file:
+    with h5py.File(path) as file:
         genes = [name.decode() for name in file["var/_index"][:args.model_genes]]
     cells = read_gene_counts(path, genes)[:2000]
     cells = ad.AnnData(obs=cells.obs, var=cells.var.loc[genes], layers={"counts": cells.layers["counts"][:, :args.model_genes]})
@@ -98,22 +101,20 @@ def annotate_file(way: str, path: Path, model_folder: Path, out: Path, threads: 
                 write_s=time.perf_counter() - start - read - annotated, total_s=time.perf_counter() - start)
 
 
-def same_files(first: Path, second: Path) -> bool:
-    "Whether the two annotated files hold the same annotations and the same X and counts (read back in blocks of cells)."
+def compare_files(first: Path, second: Path) -> tuple[bool, float]:
+    "Whether the two annotated files hold the same clusters, responsibilities, obs, var, X_pca, X and counts (the matrices read back in blocks of cells), and the largest difference between their embeddings."
     import h5py
     import numpy as np
-    import anndata as ad
     from anndata.io import read_elem, sparse_dataset
     with h5py.File(first) as a, h5py.File(second) as b:
-        for key in ("obsm/X_gmvae", "obsm/gmvae_proba", "obsm/X_pca"):
-            if not np.array_equal(read_elem(a[key]), read_elem(b[key])): return False
-        if not read_elem(a["obs"]).equals(read_elem(b["obs"])) or not read_elem(a["var"]).equals(read_elem(b["var"])): return False
+        # the aligned embedding is a float32 sum whose last bits can differ between processes (the buffers' alignment)
+        embedding_difference = float(np.abs(read_elem(a["obsm/X_gmvae"]) - read_elem(b["obsm/X_gmvae"])).max())
+        same = all(np.array_equal(read_elem(a[key]), read_elem(b[key])) for key in ("obsm/X_gmvae_w", "obsm/gmvae_proba", "obsm/X_pca"))
+        same &= read_elem(a["obs"]).equals(read_elem(b["obs"])) and read_elem(a["var"]).equals(read_elem(b["var"]))
         for key in ("X", "layers/counts"):
             x, y = sparse_dataset(a[key]), sparse_dataset(b[key])
-            for start in range(0, x.shape[0], 5000):
-                block_x, block_y = x[start:start + 5000], y[start:start + 5000]
-                if (block_x != block_y).nnz: return False
-    return True
+            same &= all((x[start:start + 5000] != y[start:start + 5000]).nnz == 0 for start in range(0, x.shape[0], 5000))
+    return same, embedding_difference
 
 
 def main():
@@ -151,7 +152,9 @@ def main():
             row = rows[-1]
             print(f"{way:>6}: peak RSS {row['peak_rss_gib']:.2f} GiB; read {row['read_s']:.1f} s, annotate {row['annotate_s']:.1f} s, "
                   f"write {row['write_s']:.1f} s, total {row['total_s']:.1f} s; output {(folder / f'{way}.h5ad').stat().st_size / 2**30:.2f} GiB")
-        print(f"same annotations and matrices: {same_files(folder / 'whole.h5ad', folder / 'genes.h5ad')}")
+        same, embedding_difference = compare_files(folder / "whole.h5ad", folder / "genes.h5ad")
+        print(f"same clusters, responsibilities, obs, var and matrices: {same}; "
+              f"embeddings within {embedding_difference:.1e} (float32 rounding between processes: under 1e-5 expected)")
         whole, genes = rows
         print(f"genes / whole: peak RSS {genes['peak_rss_gib'] / whole['peak_rss_gib']:.2f}x "
               f"({whole['peak_rss_gib'] - genes['peak_rss_gib']:.2f} GiB less), time {genes['total_s'] / whole['total_s']:.2f}x")
