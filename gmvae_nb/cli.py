@@ -125,7 +125,10 @@ GENE_OPTIONS = {  # which genes fit and sweep train on -> argparse settings, wit
 
 # %% ../nbs/12_cli.ipynb #6f0ffbbf
 FIT_OPTIONS = {  # options of fit alone -> argparse settings, with the library's default (GMVAE's or GMVAE.fit's)
-    ("-K", "--n-clusters"): dict(dest="n_clusters", type=int, help="mixture components", default=20),
+    ("-K", "--n-clusters"): dict(dest="n_clusters", type=int, help="clusters", default=20),
+    ("--components-per-cluster",): dict(dest="components_per_cluster", type=int, default=None,
+                                        help="mixture components per cluster, which fit merges into the K clusters on the cells' "
+                                             "nearest-neighbour graph (default: 2; 1: one component per cluster, the blog's model)"),
     ("--seed",): dict(dest="seed", type=int, help="seed of the initial weights, the training and the per-cell outputs", default=0),
     ("--warmup-epochs",): dict(dest="warmup_epochs", type=float, default=None,
                                help="linear KL warm-up over this many epochs (default: a quarter of the epochs); 0 turns it off"),
@@ -139,7 +142,7 @@ FIT_OPTIONS = {  # options of fit alone -> argparse settings, with the library's
 }
 
 # %% ../nbs/12_cli.ipynb #a2e31b03
-MODEL_SETTINGS = ("n_clusters", "seed", "n_x", "n_w")  # the settings that go to GMVAE; the others go to GMVAE.fit
+MODEL_SETTINGS = ("n_clusters", "components_per_cluster", "seed", "n_x", "n_w")  # the settings that go to GMVAE; the others go to GMVAE.fit
 
 # %% ../nbs/12_cli.ipynb #599d5868
 def _check_device(settings: dict):

@@ -23,6 +23,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import psutil
+import scipy.sparse as sp
 import torch
 from fastcore.basics import patch
 from fastcore.meta import delegates
@@ -37,14 +38,15 @@ from .modules import GMVAEModule
 from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MIXING_EM_STEPS', 'MIXING_EM_STEPS_EACH_EPOCH',
-           'MIXING_EM_MIN_STEPS', 'EM_CHUNK_ENTRIES', 'ALIGNMENT_SHRINKAGE', 'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS',
-           'CHOOSE_AFTER_WARMUP', 'WORKER_MEMORY', 'SIDE_BY_SIDE_MEMORY_SHARE', 'ALIGNMENT_FILE', 'AS_SAVED', 'GMVAE',
-           'fits_mixture_on_x', 'restart_mixture_start', 'continued_history', 'restart_seed', 'final_neg_elbo',
-           'restart_agreement', 'choose_restart', 'mixing_em_every', 'em_mixing_weights', 'component_moments',
-           'batch_alignment', 'aligned_latent', 'default_choose_after', 'RestartPlan', 'restart_groups', 'stored_bytes',
-           'side_by_side_memory', 'cgroup_memory_left', 'available_memory', 'resolve_n_jobs', 'cluster_categories',
-           'posterior_mixture_moments', 'saved_config']
+__all__ = ['FORMAT_VERSION', 'COMPONENTS_PER_CLUSTER', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MIXING_EM_STEPS',
+           'MIXING_EM_STEPS_EACH_EPOCH', 'MIXING_EM_MIN_STEPS', 'EM_CHUNK_ENTRIES', 'ALIGNMENT_SHRINKAGE',
+           'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP', 'WORKER_MEMORY', 'SIDE_BY_SIDE_MEMORY_SHARE',
+           'MERGE_NEIGHBORS', 'ALIGNMENT_FILE', 'AS_SAVED', 'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start',
+           'continued_history', 'restart_seed', 'final_neg_elbo', 'restart_agreement', 'choose_restart',
+           'mixing_em_every', 'em_mixing_weights', 'component_moments', 'batch_alignment', 'aligned_latent',
+           'default_choose_after', 'RestartPlan', 'restart_groups', 'stored_bytes', 'side_by_side_memory',
+           'cgroup_memory_left', 'available_memory', 'resolve_n_jobs', 'knn_graph', 'merge_components',
+           'cluster_categories', 'posterior_mixture_moments', 'saved_config']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _model_layer_advice(layer: str | None, loading: bool = False) -> str:
@@ -82,12 +84,15 @@ def _batch_names(adata: ad.AnnData, batch_key: str | None) -> pd.Series:
 FORMAT_VERSION = 2  # version of the folder layout written by `GMVAE.save` (2: every module argument is saved)
 
 # %% ../nbs/11_model.ipynb #862701f1
-SETTINGS = {  # named presets: the `GMVAEModule` arguments and `TrainConfig` settings each one changes from the defaults
-    "default": dict(module={}, training={}),
+COMPONENTS_PER_CLUSTER = 2  # mixture components per cluster of the default preset: `fit` merges them into the K clusters asked for
+
+SETTINGS = {  # named presets: the `GMVAEModule` arguments and `TrainConfig` settings each one changes from the defaults, and the components per cluster
+    "default": dict(module={}, training={}, components_per_cluster=COMPONENTS_PER_CLUSTER),
     "blog": dict(module=dict(n_x=80, n_w=60, encoder_hidden=(300, 250), decoder_hidden=(250, 300), beta_hidden=(300,),
                              dropout=0.05),
                  training=dict(max_epochs=40, n_samples=10, lr_decay_epoch=25, lr_decay=0.7, warmup_epochs=0,
-                                early_stopping=False, average_decay=0)),
+                                early_stopping=False, average_decay=0),
+                 components_per_cluster=1),
 }
 
 # %% ../nbs/11_model.ipynb #69d6c78b
@@ -102,6 +107,11 @@ def _module_arguments(settings: str, module_kwargs: dict) -> dict:
     return {name: list(value) if isinstance(value, tuple) else value for name, value in arguments.items()}  # as JSON keeps them
 
 # %% ../nbs/11_model.ipynb #e716323d
+def _whole_number(value, at_least: int) -> bool:
+    "Whether `value` is a whole number of at least `at_least` (a string, a bool, NaN or None is not)."
+    try: return not isinstance(value, (str, bool)) and int(value) == value and value >= at_least
+    except (TypeError, ValueError, OverflowError): return False
+
 def _single_feature_type(var: pd.DataFrame) -> str | None:
     "The one value of `var['feature_types']` (the GEO files' 'GEX'), or None where there is no such column or it holds several."
     if "feature_types" not in var.columns: return None
@@ -112,11 +122,12 @@ class GMVAE:
     "Gaussian-mixture VAE that clusters the cells of `adata` and removes the batch effects of `obs[batch_key]`."
     def __init__(self,
                  adata: ad.AnnData,            # raw counts in `layers[layer]`, batches in `obs[batch_key]`
-                 n_clusters: int = 20,         # K, mixture components
+                 n_clusters: int = 20,         # K, the clusters
                  layer: str | None = "counts", # layer of raw counts; None uses X
                  batch_key: str | None = "batch",  # obs column of batches; None for a single batch
                  seed: int = 0,                # seeds the initial weights, the training and the per-cell outputs
                  settings: str = "default",    # a preset of `SETTINGS`: "default", or "blog" (the blog's architecture and schedule)
+                 components_per_cluster: int | None = None,  # mixture components per cluster, which `fit` merges into K clusters; None: the preset's (`COMPONENTS_PER_CLUSTER`; blog: 1)
                  **module_kwargs):             # passed to `GMVAEModule` (n_x, n_w, encoder_hidden, dispersion, …)
         if not isinstance(adata, ad.AnnData):
             raise TypeError(f"GMVAE needs an AnnData, got {type(adata).__name__}: read a file with "
@@ -128,17 +139,25 @@ class GMVAE:
                    if batch_key is not None and isinstance(adata.obs[batch_key].dtype, pd.CategoricalDtype)
                    else pd.Index(sorted(names.unique())))
         check_unique_genes(adata.var_names)
+        module_arguments = _module_arguments(settings, dict(n_clusters=n_clusters, **module_kwargs))  # checks `settings`
+        if components_per_cluster is None: components_per_cluster = SETTINGS[settings]["components_per_cluster"]
+        if not _whole_number(components_per_cluster, 1):
+            raise ValueError(f"components_per_cluster must be a whole number of at least 1, got {components_per_cluster!r}")
         # the module checks its arguments (n_clusters ≥ 1, …) before the counts, the one check that reads all the data
-        self._setup(adata, list(adata.var_names), list(batches), settings,
-                    _module_arguments(settings, dict(n_clusters=n_clusters, **module_kwargs)), layer, batch_key, seed,
-                    _single_feature_type(adata.var))
+        self._setup(adata, list(adata.var_names), list(batches), settings, module_arguments, layer, batch_key, seed,
+                    _single_feature_type(adata.var), components_per_cluster)
         _check_counts(adata, layer)
 
-    def _setup(self, adata, genes, batches, settings, module_kwargs, layer, batch_key, seed, feature_type):
+    def _setup(self, adata, genes, batches, settings, module_kwargs, layer, batch_key, seed, feature_type,
+               components_per_cluster, cluster_of_component=None):
         self.adata, self.layer, self.batch_key, self.seed, self.settings = adata, layer, batch_key, seed, settings
         self.feature_type = feature_type  # the training genes' var['feature_types'], if they had one
         self.genes, self.batches, self.module_kwargs = pd.Index(genes), pd.Index(batches), module_kwargs
+        self.components_per_cluster = int(components_per_cluster)
         self.module = self._new_module(seed)
+        # each component's cluster: set by fit (`merge_components`); until then the components of a cluster are consecutive
+        self.cluster_of_component = (np.arange(self.n_components) // self.components_per_cluster if cluster_of_component is None
+                                     else np.asarray(cluster_of_component, dtype=np.int64))
         self.history, self.train_config, self.batch_alignment = pd.DataFrame(), None, None
         self.component_moments, self.mapped_batches = None, pd.Index([], dtype=object)  # set by fit and map_query
 
@@ -146,10 +165,14 @@ class GMVAE:
         "A module with initial weights drawn from `seed`; the global torch RNG is left as it was."
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return GMVAEModule(n_genes=len(self.genes), n_batches=len(self.batches), **self.module_kwargs).eval()
+            return GMVAEModule(n_genes=len(self.genes), n_batches=len(self.batches),
+                               **(self.module_kwargs | dict(n_clusters=self.module_kwargs["n_clusters"] * self.components_per_cluster))).eval()
 
     @property
-    def n_clusters(self) -> int: return self.module.n_clusters
+    def n_clusters(self) -> int: return self.module_kwargs["n_clusters"]  # K, the clusters `predict` gives
+
+    @property
+    def n_components(self) -> int: return self.module.n_clusters  # the mixture's components, `components_per_cluster` per cluster
 
     @property
     def device(self) -> torch.device: return self.module.library_target.device
@@ -158,7 +181,8 @@ class GMVAE:
         m = self.module
         trained = f"trained {len(self.history)} epochs" if len(self.history) else "not trained"
         mapped = f" (+{len(self.mapped_batches)} mapped)" if len(self.mapped_batches) else ""
-        return (f"GMVAE(K={m.n_clusters}, n_x={m.n_x}, n_w={m.n_w}, {len(self.genes):,} genes, "
+        components = f" ({self.n_components} components)" if self.n_components != self.n_clusters else ""
+        return (f"GMVAE(K={self.n_clusters}{components}, n_x={m.n_x}, n_w={m.n_w}, {len(self.genes):,} genes, "
                 f"{len(self.batches)} batches{mapped}, {trained})")
 
 # %% ../nbs/11_model.ipynb #814c02c0
@@ -354,16 +378,19 @@ def _mixture_at(self: GMVAE, noise: torch.Tensor, *names: str) -> Callable[[Mini
 
 # %% ../nbs/11_model.ipynb #ca90bf7a
 @patch
-def _responsibilities(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int) -> tuple[ad.AnnData, np.ndarray]:
-    "`adata` and its cells' responsibilities E_q r_k (cells × K) from `n_samples` draws of (x, w) per cell (0: at the posterior means)."
+def _responsibilities(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_size: int,
+                      components: bool = False) -> tuple[ad.AnnData, np.ndarray]:
+    "`adata` and its cells' responsibilities from `n_samples` draws of (x, w) per cell (0: at the posterior means): of the K clusters, each the sum of its components' E_q r_k (cells × K); with `components`, the components' own (cells × components)."
     if n_samples < 0: raise ValueError(f"n_samples must be 0 or more, got {n_samples}")
     adata, out = self._per_cell(adata, self._mixture_at(self._inference_noise(n_samples), "proba"), batch_size, batches="encoder")
-    return adata, out["proba"]
+    if components: return adata, out["proba"]
+    membership = np.eye(self.n_clusters, dtype=out["proba"].dtype)[self.cluster_of_component]  # components × K
+    return adata, out["proba"] @ membership
 
 @patch
-def _clusters(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024) -> np.ndarray:
-    "Every cell's cluster as `predict` gives it by default, without annotating `adata`."
-    return self._responsibilities(adata, PREDICT_SAMPLES, batch_size)[1].argmax(1)
+def _clusters(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024, components: bool = False) -> np.ndarray:
+    "Every cell's cluster as `predict` gives it by default (with `components`: its most responsible component), without annotating `adata`."
+    return self._responsibilities(adata, PREDICT_SAMPLES, batch_size, components)[1].argmax(1)
 
 # %% ../nbs/11_model.ipynb #a1f3c0d2
 MIXING_EM_STEPS = 10  # EM steps that set π to the trained model's own at the end of `fit` (learn_pi=False)
@@ -404,7 +431,7 @@ def _refit_mixing_weights(self: GMVAE, cells: np.ndarray | None, steps: int = MI
     "Set a uniform-π model's π to `em_mixing_weights` of the training rows `cells` after `steps` (None or 0: back to uniform), at the draws of the model of `seed` (None: this one's); a learned π is left as it is. Whether π was set."
     if isinstance(self.module.pi_logits, torch.nn.Parameter): return False
     weights = None if cells is None or not steps else em_mixing_weights(self._component_log_densities(cells, seed), steps)
-    self.module.pi_logits.copy_(torch.zeros(self.n_clusters) if weights is None else
+    self.module.pi_logits.copy_(torch.zeros(self.n_components) if weights is None else
                                 torch.log(torch.as_tensor(weights).clamp_min(1e-30)).to(self.module.pi_logits))
     return True
 
@@ -465,7 +492,7 @@ def aligned_latent(
 @patch
 def _latent_outputs(self: GMVAE, alignment: tuple[np.ndarray, np.ndarray] | None = None
                     ) -> Callable[[Minibatch], dict[str, torch.Tensor]]:
-    "Per minibatch: the posterior means x and w, x aligned by `alignment` (`batch_alignment`'s scale and offset) if given, with the responsibilities behind `predict_proba`."
+    "Per minibatch: the posterior means x and w, x aligned by `alignment` (`batch_alignment`'s scale and offset) if given, with (when aligned) the components' responsibilities behind `predict_proba`, which weigh the maps."
     if alignment is None:
         def posterior_means(mb: Minibatch) -> dict[str, torch.Tensor]:
             posterior = self.module.encode(mb.counts, mb.batch)
@@ -475,7 +502,7 @@ def _latent_outputs(self: GMVAE, alignment: tuple[np.ndarray, np.ndarray] | None
     scale, offset = (torch.as_tensor(maps, dtype=self.module.pi_logits.dtype, device=self.device) for maps in alignment)
     def outputs(mb: Minibatch) -> dict[str, torch.Tensor]:
         out = mixture(mb)
-        return dict(x=aligned_latent(out["x"], out["proba"], scale[mb.batch], offset[mb.batch]), w=out["w"])
+        return dict(x=aligned_latent(out["x"], out["proba"], scale[mb.batch], offset[mb.batch]), w=out["w"], proba=out["proba"])
     return outputs
 
 @patch
@@ -502,12 +529,6 @@ def default_choose_after(warmup_epochs: float) -> int:
     "Epochs from the mixture's start after which `fit(choose_after=\"auto\")` compares the restarts: `CHOOSE_AFTER_EPOCHS`, or `CHOOSE_AFTER_WARMUP` past the end of a warm-up of `warmup_epochs` where that is later."
     return max(CHOOSE_AFTER_EPOCHS, math.ceil(warmup_epochs) + CHOOSE_AFTER_WARMUP)
 
-
-# %% ../nbs/11_model.ipynb #5b7e21c4
-def _whole_number(value, at_least: int) -> bool:
-    "Whether `value` is a whole number of at least `at_least` (a string, a bool, NaN or None is not)."
-    try: return not isinstance(value, (str, bool)) and int(value) == value and value >= at_least
-    except (TypeError, ValueError, OverflowError): return False
 
 # %% ../nbs/11_model.ipynb #b7a1c0e1
 @dataclass(frozen=True)
@@ -569,7 +590,7 @@ def _train_restart(self: GMVAE, restart: int, plan: RestartPlan) -> dict:
     else:
         run["history"] = self._train_run(run, plan.config, run["label"], plan, checkpoint_dir=plan.checkpoint_dir,
                                          checkpoint_every=plan.checkpoint_every, resume=plan.resume)
-    if n_init > 1: run.update(neg_elbo=final_neg_elbo(run["history"]), clusters=self._clusters(None))
+    if n_init > 1: run.update(neg_elbo=final_neg_elbo(run["history"]), clusters=self._clusters(None, components=True))
     return run
 
 # %% ../nbs/11_model.ipynb #b7a1c0e2
@@ -693,6 +714,64 @@ def _side_by_side_obstacle(self: GMVAE, device: torch.device, counts, on_epoch) 
     if on_epoch is not None: return "on_epoch is called in this process"
     return None
 
+# %% ../nbs/11_model.ipynb #c7a3e1d1
+MERGE_NEIGHBORS = 15  # neighbours per cell of the graph on which `fit` merges components into clusters (scanpy's default)
+
+def knn_graph(
+    x: np.ndarray,  # (n, d) the cells' coordinates
+    n_neighbors: int = MERGE_NEIGHBORS,  # neighbours per cell, itself not counted (fewer where there are fewer other cells)
+) -> sp.csr_matrix:  # (n, n) symmetric: 1 where one cell is among the other's neighbours, 2 where each is among the other's
+    "The symmetrised k-nearest-neighbour graph of the rows of `x` in Euclidean distance."
+    from sklearn.neighbors import NearestNeighbors
+    n, k = len(x), min(n_neighbors, len(x) - 1)
+    if k < 1: return sp.csr_matrix((n, n))
+    neighbours = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(return_distance=False)  # (n, k) without the cell itself
+    graph = sp.csr_matrix((np.ones(n * k), (np.repeat(np.arange(n), k), neighbours.ravel())), shape=(n, n))
+    return (graph + graph.T).tocsr()
+
+def merge_components(
+    graph: sp.spmatrix,  # (n, n) symmetric edge weights between the cells
+    responsibilities: np.ndarray,  # (n, C) each cell's responsibilities over the C components
+    n_clusters: int,  # K
+) -> np.ndarray:  # (C,) each component's cluster, numbered 0, 1, … in the order of their first components
+    """Components merged into at most `n_clusters` clusters. Each cell is in its most responsible component; two
+    clusters at a time are merged, those whose merger raises the modularity of `graph`, the cells grouped by their
+    clusters, most (the first such pair on a tie). A component that holds no cell joins the cluster whose cells give
+    it the most responsibility."""
+    n_components = responsibilities.shape[1]
+    components = responsibilities.argmax(1)
+    membership = sp.csr_matrix((np.ones(len(components)), (np.arange(len(components)), components)),
+                               shape=(len(components), n_components))
+    edges = (membership.T @ graph @ membership).toarray()  # (C, C) edge weight between the cells of two components
+    edges /= max(edges.sum(), np.finfo(float).tiny)  # fractions of the graph's weight: e_ab
+    degree = edges.sum(1)  # a_a, the fraction at a component's cells
+    cluster, alive = np.arange(n_components), np.unique(components)  # only components that hold cells are merged
+    while len(alive) > n_clusters:
+        gain = edges[np.ix_(alive, alive)] - np.outer(degree[alive], degree[alive])  # half the modularity gain of each merger
+        gain[np.diag_indices_from(gain)] = -np.inf
+        first, second = alive[list(np.unravel_index(np.argmax(gain), gain.shape))]
+        keep, gone = min(first, second), max(first, second)
+        edges[keep] += edges[gone]; edges[:, keep] += edges[:, gone]
+        degree[keep] += degree[gone]
+        cluster[cluster == gone] = keep
+        alive = alive[alive != gone]
+    empty = np.setdiff1d(np.arange(n_components), components)
+    if len(empty):
+        share = np.zeros((n_components, len(empty)))  # the empty components' responsibility, summed over each cluster's cells
+        np.add.at(share, cluster[components], responsibilities[:, empty])
+        cluster[empty] = alive[share[alive].argmax(0)]
+    return np.unique(cluster, return_inverse=True)[1]
+
+# %% ../nbs/11_model.ipynb #c7a3e1d7
+@patch
+def _merged_components(self: GMVAE, cells: np.ndarray) -> np.ndarray:
+    "Each component's cluster: `merge_components` of the training rows `cells` by their responsibilities, on the `knn_graph` of their embedding (`get_latent`'s)."
+    if self.n_components <= self.n_clusters: return np.arange(self.n_components)
+    outputs = (self._latent_outputs(self.batch_alignment) if self.batch_alignment is not None
+               else self._mixture_at(self._inference_noise(PREDICT_SAMPLES), "x", "proba"))  # one batch: x is the posterior mean
+    _, out = self._per_cell(None, outputs, indices=cells)
+    return merge_components(knn_graph(out["x"]), out["proba"], self.n_clusters)
+
 # %% ../nbs/11_model.ipynb #2ecada87
 @patch
 def _restart_starts(self: GMVAE, n_init, checkpoint_dir, init_mixture, n_train: int) -> list[str | None]:
@@ -706,7 +785,7 @@ def _restart_starts(self: GMVAE, n_init, checkpoint_dir, init_mixture, n_train: 
         raise ValueError(f"n_init={n_init} cannot be combined with checkpoint_dir, which holds one run: to checkpoint "
                          "the restarts, train them one by one with seed=gmvae_nb.model.restart_seed(seed, i)")
     if init_mixture not in MIXTURE_INITS: raise ValueError(f"init_mixture must be one of {MIXTURE_INITS}, got {init_mixture!r}")
-    fits = fits_mixture_on_x(n_train, self.n_clusters)
+    fits = fits_mixture_on_x(n_train, self.n_components)
     starts = [restart_mixture_start(init_mixture, restart, fits) for restart in range(n_init)]
     if "gmm" in starts and (len(self.history) or checkpoint_dir is not None):
         raise ValueError(f"init_mixture={init_mixture!r} starts a model's first fit and cannot be checkpointed; this model has "
@@ -758,7 +837,8 @@ def fit(self: GMVAE,
     steps_each_epoch = MIXING_EM_STEPS_EACH_EPOCH if mixing_em_each_epoch and mixing_em_steps else 0  # EM steps that set π after each epoch past the warm-up
     every = mixing_em_every(len(train), config.batch_size)  # ... after every epoch, or every few on small data
     identity = dict(genes=list(self.genes), batches=list(self.batches), layer=self.layer, batch_key=self.batch_key,
-                    model=dict(seed=self.seed, **self.module_kwargs), **{"epochs trained before this fit": len(self.history)},
+                    model=dict(seed=self.seed, **self.module_kwargs,
+                               **({"components_per_cluster": self.components_per_cluster} if self.components_per_cluster > 1 else {})), **{"epochs trained before this fit": len(self.history)},
                     **({"EM steps that set π after each epoch": steps_each_epoch} if steps_each_epoch else {}),  # absent when off: earlier checkpoints resume
                     **({"epochs between the π steps": every} if steps_each_epoch and every > 1 else {}))
     whole_run = config.resolved(len(train), validation=False)  # max_epochs and the warm-up, as fit_module resolves them
@@ -782,6 +862,7 @@ def fit(self: GMVAE,
     history = kept["history"]
     refitted = self._refit_mixing_weights(train, mixing_em_steps)
     self.component_moments, self.batch_alignment = self._fit_batch_alignment(train)  # with π as set: the responsibilities are predict_proba's
+    self.cluster_of_component = self._merged_components(train)
     self.mapped_batches = self.mapped_batches[:0]  # maps of earlier networks: map_query them again
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
@@ -815,7 +896,8 @@ def _annotate(self: GMVAE, adata: ad.AnnData, copy: bool, uns_key: str, keys: di
     for key, value in (obsm or {}).items(): target.obsm[key] = value
     for key, value in (obs or {}).items(): target.obs[key] = value
     params = dict(settings=self.settings, seed=self.seed, layer=self.layer, batch_key=self.batch_key,
-                  n_epochs=len(self.history), **self.module_kwargs, **call)
+                  n_epochs=len(self.history), **self.module_kwargs,
+                  components_per_cluster=self.components_per_cluster, **call)
     entry = dict(target.uns.get(uns_key, {}))
     target.uns[uns_key] = _writable({**entry, "params": {**entry.get("params", {}), **params}, "version": __version__,
                                      "keys": {**entry.get("keys", {}), **keys}})
@@ -836,7 +918,7 @@ def get_latent(self: GMVAE, adata: ad.AnnData | None = None, batch_size: int = 1
 @patch
 def predict_proba(self: GMVAE, adata: ad.AnnData | None = None, n_samples: int = PREDICT_SAMPLES, batch_size: int = 1024,
                   key_added: str = "gmvae_proba", copy: bool = False) -> np.ndarray | ad.AnnData:
-    "Cluster responsibilities E_q r_k (cells × K) from `n_samples` seeded draws (0: r_k at the posterior means), of cells of any batch (unless the encoder takes the batch), also written to `obsm[key_added]`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
+    "Cluster responsibilities (cells × K), each cluster's the sum of its components' E_q r_k, from `n_samples` seeded draws (0: r_k at the posterior means), of cells of any batch (unless the encoder takes the batch), also written to `obsm[key_added]`. With `copy=True`: an annotated copy of `adata`, which is left as it was."
     adata, proba = self._responsibilities(adata, n_samples, batch_size)
     target = self._annotate(adata, copy, _uns_key(key_added, "gmvae_proba"), dict(proba=key_added),
                             obsm={key_added: proba}, n_samples=n_samples)
@@ -885,15 +967,15 @@ def posterior_mixture_moments(
 # %% ../nbs/11_model.ipynb #6c39ff88
 @patch
 def _mixture_from_embedding(self: GMVAE, cells: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "Means and variances (K, n_x) of a diagonal Gaussian mixture fitted to the posterior means of x of `cells` (rows of `self.adata`), each component widened to its cells' posterior draws."
+    "Means and variances (components, n_x) of a diagonal Gaussian mixture fitted to the posterior means of x of `cells` (rows of `self.adata`), each component widened to its cells' posterior draws."
     from sklearn.mixture import GaussianMixture
-    if not fits_mixture_on_x(len(cells), self.n_clusters):
-        raise ValueError(f"init_mixture fits {self.n_clusters} components to the {len(cells)} training cells: "
+    if not fits_mixture_on_x(len(cells), self.n_components):
+        raise ValueError(f"init_mixture fits {self.n_components} components to the {len(cells)} training cells: "
                          "it needs at least as many cells as components, and two")
     _, x = self._per_cell(None, lambda mb: {name: value for name, value in self.module.encode(mb.counts, mb.batch).items()
                                             if name in ("x_mean", "x_logvar")}, indices=cells)
     x_mean = x["x_mean"].astype(np.float64)  # in float32 the variance of cells that x barely separates can round below 0
-    mixture = GaussianMixture(self.n_clusters, covariance_type="diag", n_init=3,
+    mixture = GaussianMixture(self.n_components, covariance_type="diag", n_init=3,
                               random_state=seed % 2**32).fit(x_mean)  # a restart's seed has 63 bits, scikit-learn takes 32
     means, variances = posterior_mixture_moments(x["x_mean"], np.exp(x["x_logvar"]), mixture.predict_proba(x_mean))
     return torch.as_tensor(means), torch.as_tensor(variances)
@@ -1110,8 +1192,9 @@ def save(self: GMVAE, path: str | Path, overwrite: bool = False) -> Path:
         with atomic_path(path / ALIGNMENT_FILE) as tmp, open(tmp, "wb") as file: np.savez(file, **arrays)
     config = dict(format_version=FORMAT_VERSION, package_version=__version__, torch_version=torch.__version__,
                   model=dict(layer=self.layer, batch_key=self.batch_key, seed=self.seed, settings=self.settings,
-                             feature_type=self.feature_type,
+                             feature_type=self.feature_type, components_per_cluster=self.components_per_cluster,
                              module_kwargs=self.module_kwargs),
+                  cluster_of_component=self.cluster_of_component.tolist(),
                   genes=list(self.genes), batches=list(self.batches), mapped_batches=list(self.mapped_batches),
                   normalisation=_normalisation(self.module),
                   training=self.train_config)
@@ -1165,7 +1248,8 @@ def load(cls: GMVAE,
     settings, module_kwargs = (spec["settings"], spec["module_kwargs"]) if version >= 2 else ("blog", _module_arguments("blog", spec["module_kwargs"]))
     layer, counts_advice = _layer_when_loaded(spec["layer"], layer)
     model._setup(adata, config["genes"], config["batches"], settings, module_kwargs, layer,
-                 spec["batch_key"] if batch_key is AS_SAVED else batch_key, spec["seed"], spec.get("feature_type"))  # saved since 2026-12-07
+                 spec["batch_key"] if batch_key is AS_SAVED else batch_key, spec["seed"], spec.get("feature_type"),  # saved since 2026-12-07
+                 spec.get("components_per_cluster", 1), config.get("cluster_of_component"))  # saved since 2026-12-07: one each before
     model.module.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     model.module.to(select_device(device))
     try: model.history = pd.read_csv(path / "history.csv", float_precision="round_trip")

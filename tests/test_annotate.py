@@ -91,7 +91,7 @@ def test_copy_returns_an_annotated_copy_and_key_added_names_the_entries():
 
 def test_scanpy_groups_cells_by_the_clusters_when_components_are_empty():
     """The clusters' column holds the clusters that hold cells, as Leiden's does: with a component no cell is in (as
-    `fit` leaves the components the data do not need; here made sure of by setting the least used one's weight to 0),
+    `fit` leaves the components the data do not need; here made sure of by setting the weights of the least used one's components to 0),
     scanpy's `rank_genes_groups`, `dendrogram` and `dotplot`, which fail on a category without cells, group the cells
     by it."""
     import matplotlib
@@ -101,14 +101,15 @@ def test_scanpy_groups_cells_by_the_clusters_when_components_are_empty():
     matplotlib.use("Agg")
     adata = users_anndata()
     model = GMVAE(adata, n_clusters=4, seed=0, **SMALL).fit(n_init=1, progress=False, device="cpu")
-    with torch.no_grad(): model.module.pi_logits[np.bincount(model.predict(), minlength=4).argmin()] = -1e4
+    least = np.bincount(model.predict(), minlength=4).argmin()
+    with torch.no_grad(): model.module.pi_logits[torch.as_tensor(model.cluster_of_component == least)] = -1e4  # its components'
     model.get_latent()
     clusters = model.predict()
     sizes = np.bincount(clusters, minlength=4)
     assert (sizes == 0).any() and (sizes > 0).sum() >= 2 and (sizes[sizes > 0] >= 2).all(), sizes  # scanpy: 2 cells a group
     column = adata.obs["gmvae_cluster"]
     assert list(column.cat.categories) == [str(k) for k in np.unique(clusters)]
-    assert (column.astype(int).to_numpy() == clusters).all()  # a category is the component's number
+    assert (column.astype(int).to_numpy() == clusters).all()  # a category is the cluster's number
     sc.tl.rank_genes_groups(adata, "gmvae_cluster", method="wilcoxon")
     assert list(adata.uns["rank_genes_groups"]["names"].dtype.names) == list(column.cat.categories)
     sc.tl.dendrogram(adata, "gmvae_cluster", use_rep="X_gmvae")

@@ -156,14 +156,15 @@ def planted_log2_fold_changes(adata: ad.AnnData) -> pd.DataFrame:
 
 
 def test_markers_of_each_cluster_are_the_planted_markers_of_its_type():
-    """Four clearly different simulated types, K = 4, 20 epochs: every cluster holds one type; its markers are genes the
-    simulation made more than twice as expressed in that type as in the others, among them at least 3 of the type's 5
-    strongest; and the model's log fold changes rank all genes as the planted ones do. (Over data seeds 0-5, the five with
-    the types in their own clusters gave markers of planted log2 fold change 1.34 or more, at least 3 of the 5 strongest
-    among each cluster's 10, and rank correlations of 0.89 or more.)"""
+    """Four clearly different simulated types, K = 4, the default training: every cluster holds one type; its markers are
+    genes the simulation made more than twice as expressed in that type as in the others, among them at least 3 of the
+    type's 5 strongest; and the model's log fold changes rank all genes as the planted ones do. (Over data seeds 0, 2 and
+    4, every cluster's 10 markers had planted log2 fold changes of 1.4 or more, at least 3 of the 5 strongest among them,
+    and rank correlations of 0.87 or more. With two components per cluster, 20 epochs, which one component per cluster
+    needed, left the markers of 4 of data seeds 0-5 short of this.)"""
     adata = split(simulate("default", n_cells=2000, n_genes=200, n_types=4, n_batches=3, seed=2,
                            type_weights=(1.0,) * 10, type_de_prob=0.2, type_de_loc=1.5))
-    model = GMVAE(adata, n_clusters=4, seed=0).fit(max_epochs=20, warmup_epochs=5, progress=False, device="cpu")
+    model = GMVAE(adata, n_clusters=4, seed=0).fit(progress=False, device="cpu")
     clusters = model.predict()
     assert adjusted_rand_score(adata.obs["cell_type"], clusters) > 0.95
     held = pd.crosstab(clusters, adata.obs["cell_type"]).idxmax(axis=1)  # cluster -> the type it holds
