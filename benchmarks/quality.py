@@ -19,7 +19,7 @@ log-normalised counts) and scVI (scvi-tools' defaults, its epochs heuristic), se
 embedding is scored with `gmvae_nb.metrics.evaluate` on all cells and on the test cells, plus the ARI of Leiden at
 resolution 1 on the 15-NN graph (what a scanpy user's default `sc.tl.leiden` gives) and of Leiden at the resolution
 that gives K clusters (the fair match for a model asked for K), and, for the GMVAE, the model's own clusters
-(`predict`) and how many of its K components hold a cell.
+(`predict`) and how many of its K clusters hold a cell (`components_used`, named when a cluster was one component).
 
 Data sets (all read or made here; the real ones from ../shared/data, never copied):
 
