@@ -81,7 +81,7 @@ def _batch_names(adata: ad.AnnData, batch_key: str | None) -> pd.Series:
     return names.astype(str)
 
 # %% ../nbs/11_model.ipynb #afda4292
-FORMAT_VERSION = 2  # version of the folder layout written by `GMVAE.save` (2: every module argument is saved)
+FORMAT_VERSION = 3  # version of the folder layout written by `GMVAE.save` (2: every module argument is saved; 3: the components of each cluster)
 
 # %% ../nbs/11_model.ipynb #862701f1
 COMPONENTS_PER_CLUSTER = 2  # mixture components per cluster of the default preset: `fit` merges them into the K clusters asked for
@@ -513,12 +513,12 @@ def _alignment_inputs(self: GMVAE, adata: ad.AnnData | None, rows: np.ndarray, b
     return out["x"], out["proba"]
 
 @patch
-def _fit_batch_alignment(self: GMVAE, cells: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
-    "The training rows `cells`' `component_moments` of their posterior means (the target of every batch's maps), and their `batch_alignment` onto them (None for a model of one batch)."
-    x, proba = self._alignment_inputs(None, cells)
+def _fit_batch_alignment(self: GMVAE, x: np.ndarray, proba: np.ndarray, codes: np.ndarray
+                         ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    "The `component_moments` of the training cells' posterior means `x` under their responsibilities `proba` (`_alignment_inputs`'), the target of every batch's maps, and the `batch_alignment` of their batches `codes` onto them (None for a model of one batch)."
     moments = component_moments(x, proba)
     if len(self.batches) == 1: return moments, None
-    return moments, batch_alignment(x, proba, self._batch_codes(self.adata)[cells], len(self.batches), target=moments)
+    return moments, batch_alignment(x, proba, codes, len(self.batches), target=moments)
 
 # %% ../nbs/11_model.ipynb #b48fe511
 DEFAULT_N_INIT = 3  # fit's restarts of a model's first fit: the one whose clusters agree most with the other two's is kept
@@ -764,13 +764,14 @@ def merge_components(
 
 # %% ../nbs/11_model.ipynb #c7a3e1d7
 @patch
-def _merged_components(self: GMVAE, cells: np.ndarray) -> np.ndarray:
-    "Each component's cluster: `merge_components` of the training rows `cells` by their responsibilities, on the `knn_graph` of their embedding (`get_latent`'s)."
+def _merged_components(self: GMVAE, x: np.ndarray, proba: np.ndarray, codes: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    "Each component's cluster: `merge_components` of the training cells by their responsibilities `proba`, on the `knn_graph` of their embedding (`get_latent`'s: the posterior means `x` moved by the maps of their batches `codes`, `batch_size` cells at a time)."
     if self.n_components <= self.n_clusters: return np.arange(self.n_components)
-    outputs = (self._latent_outputs(self.batch_alignment) if self.batch_alignment is not None
-               else self._mixture_at(self._inference_noise(PREDICT_SAMPLES), "x", "proba"))  # one batch: x is the posterior mean
-    _, out = self._per_cell(None, outputs, indices=cells)
-    return merge_components(knn_graph(out["x"]), out["proba"], self.n_clusters)
+    if self.batch_alignment is not None:
+        scale, offset = (torch.as_tensor(maps).to(torch.as_tensor(x).dtype) for maps in self.batch_alignment)
+        x = np.concatenate([aligned_latent(torch.as_tensor(x[rows]), torch.as_tensor(proba[rows]), scale[codes[rows]], offset[codes[rows]]).numpy()
+                            for rows in np.split(np.arange(len(x)), range(batch_size, len(x), batch_size))])
+    return merge_components(knn_graph(x), proba, self.n_clusters)
 
 # %% ../nbs/11_model.ipynb #2ecada87
 @patch
@@ -861,8 +862,9 @@ def fit(self: GMVAE,
                                                        checkpoint_dir=Path(paused) / str(chosen), checkpoint_every=max_epochs)
     history = kept["history"]
     refitted = self._refit_mixing_weights(train, mixing_em_steps)
-    self.component_moments, self.batch_alignment = self._fit_batch_alignment(train)  # with π as set: the responsibilities are predict_proba's
-    self.cluster_of_component = self._merged_components(train)
+    x, proba = self._alignment_inputs(None, train)  # with π as set: the responsibilities are predict_proba's
+    self.component_moments, self.batch_alignment = self._fit_batch_alignment(x, proba, codes[train])
+    self.cluster_of_component = self._merged_components(x, proba, codes[train])
     self.mapped_batches = self.mapped_batches[:0]  # maps of earlier networks: map_query them again
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
