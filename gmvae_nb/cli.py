@@ -62,6 +62,9 @@ TRAIN_OPTIONS = {  # options of fit, sweep and main -> argparse settings, with t
                                 default=0.0),
     ("--n-x",): dict(dest="n_x", type=int, help="dimension of the embedding x", default=10),
     ("--n-w",): dict(dest="n_w", type=int, help="dimension of w", default=5),
+    ("--components-per-cluster",): dict(dest="components_per_cluster", type=int, default=None,
+                                        help="mixture components per cluster, which fit merges into the K clusters on the cells' "
+                                             "nearest-neighbour graph (default: 2; 1: one component per cluster, the blog's model)"),
     ("--n-init",): dict(dest="n_init", type=int, default=None,
                         help="models trained from different initial weights; the one whose clusters agree most with the "
                              "others' is kept (default: 3, and 1 with --checkpoint-dir)"),
@@ -126,9 +129,6 @@ GENE_OPTIONS = {  # which genes fit and sweep train on -> argparse settings, wit
 # %% ../nbs/12_cli.ipynb #6f0ffbbf
 FIT_OPTIONS = {  # options of fit alone -> argparse settings, with the library's default (GMVAE's or GMVAE.fit's)
     ("-K", "--n-clusters"): dict(dest="n_clusters", type=int, help="clusters", default=20),
-    ("--components-per-cluster",): dict(dest="components_per_cluster", type=int, default=None,
-                                        help="mixture components per cluster, which fit merges into the K clusters on the cells' "
-                                             "nearest-neighbour graph (default: 2; 1: one component per cluster, the blog's model)"),
     ("--seed",): dict(dest="seed", type=int, help="seed of the initial weights, the training and the per-cell outputs", default=0),
     ("--warmup-epochs",): dict(dest="warmup_epochs", type=float, default=None,
                                help="linear KL warm-up over this many epochs (default: a quarter of the epochs); 0 turns it off"),

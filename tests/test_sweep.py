@@ -36,7 +36,7 @@ def sweep_cli(data, out, *extra):
 
 def test_two_by_two_sweep_through_papermill(tiny_data, tmp_path):
     out = tmp_path / "sweep"
-    result = subprocess.run(sweep_cli(tiny_data, out, "--K", 1, 3, "--repeats", 2, "--workers", 2),
+    result = subprocess.run(sweep_cli(tiny_data, out, "--K", 1, 3, "--repeats", 2, "--workers", 2, "--components-per-cluster", 1),
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[IPKernelApp]" not in result.stderr  # the kernels' logs are in the run folders (run.log), not on the terminal
@@ -50,6 +50,8 @@ def test_two_by_two_sweep_through_papermill(tiny_data, tmp_path):
         assert json.loads((folder / "progress.json").read_text()) == {"epoch": 2, "max_epochs": 2, "stage": "restart 3/3"}  # what the bar showed
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["n_clusters"] == int(run[1:4]) and metrics["seed"] == int(run[-1])
+        assert metrics["components_per_cluster"] == 1  # the option reaches the model, which saves it
+        assert json.loads((folder / "model" / "config.json").read_text())["model"]["components_per_cluster"] == 1
         cells = pd.read_csv(folder / "test_cells.csv", index_col=0)  # the scored cells, one row each
         assert len(cells) == metrics["n_test_cells"]
         assert metrics["ari_own_clusters"] == pytest.approx(adjusted_rand_score(cells.cell_type, cells.gmvae_cluster))
@@ -116,6 +118,7 @@ def test_training_notebook_runs_alone_on_a_preset(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n_test_cells"] == 200  # the default preset's 2,000 cells, split 80/10/10
     assert metrics["n_init"] == 3
+    assert metrics["components_per_cluster"] == 2  # the default
     saved = json.loads((tmp_path / "model" / "config.json").read_text())["training"]
     assert metrics["init_mixture"] == "mixed" and saved["restart_init_mixture"] == [None, None, "gmm"]  # the setting
     assert metrics["kept_init_mixture"] == saved["init_mixture"] == saved["restart_init_mixture"][saved["restart_chosen"]]  # the kept one's
