@@ -492,7 +492,7 @@ def aligned_latent(
 @patch
 def _latent_outputs(self: GMVAE, alignment: tuple[np.ndarray, np.ndarray] | None = None
                     ) -> Callable[[Minibatch], dict[str, torch.Tensor]]:
-    "Per minibatch: the posterior means x and w, x aligned by `alignment` (`batch_alignment`'s scale and offset) if given, with (when aligned) the components' responsibilities behind `predict_proba`, which weigh the maps."
+    "Per minibatch: the posterior means x and w, x aligned by `alignment` (`batch_alignment`'s scale and offset) if given, with the responsibilities behind `predict_proba`."
     if alignment is None:
         def posterior_means(mb: Minibatch) -> dict[str, torch.Tensor]:
             posterior = self.module.encode(mb.counts, mb.batch)
@@ -502,7 +502,7 @@ def _latent_outputs(self: GMVAE, alignment: tuple[np.ndarray, np.ndarray] | None
     scale, offset = (torch.as_tensor(maps, dtype=self.module.pi_logits.dtype, device=self.device) for maps in alignment)
     def outputs(mb: Minibatch) -> dict[str, torch.Tensor]:
         out = mixture(mb)
-        return dict(x=aligned_latent(out["x"], out["proba"], scale[mb.batch], offset[mb.batch]), w=out["w"], proba=out["proba"])
+        return dict(x=aligned_latent(out["x"], out["proba"], scale[mb.batch], offset[mb.batch]), w=out["w"])
     return outputs
 
 @patch
