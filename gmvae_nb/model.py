@@ -45,8 +45,8 @@ __all__ = ['FORMAT_VERSION', 'COMPONENTS_PER_CLUSTER', 'SETTINGS', 'MIXTURE_INIT
            'continued_history', 'restart_seed', 'final_neg_elbo', 'restart_agreement', 'choose_restart',
            'mixing_em_every', 'em_mixing_weights', 'component_moments', 'batch_alignment', 'aligned_latent',
            'default_choose_after', 'RestartPlan', 'restart_groups', 'stored_bytes', 'side_by_side_memory',
-           'cgroup_memory_left', 'available_memory', 'resolve_n_jobs', 'knn_graph', 'merge_components',
-           'cluster_categories', 'posterior_mixture_moments', 'saved_config']
+           'cgroup_memory_left', 'available_memory', 'resolve_n_jobs', 'knn_graph', 'modularity_mergers',
+           'n_communities', 'merge_components', 'cluster_categories', 'posterior_mixture_moments', 'saved_config']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _model_layer_advice(layer: str | None, loading: bool = False) -> str:
@@ -729,30 +729,49 @@ def knn_graph(
     graph = sp.csr_matrix((np.ones(n * k), (np.repeat(np.arange(n), k), neighbours.ravel())), shape=(n, n))
     return (graph + graph.T).tocsr()
 
+def modularity_mergers(
+    graph: sp.spmatrix,  # (n, n) symmetric edge weights between the cells
+    responsibilities: np.ndarray,  # (n, C) each cell's responsibilities over the C components
+) -> pd.DataFrame:  # one row per merger, in order: the component `kept`, the component `merged` into it, the modularity `gain`
+    """The components that hold cells merged two at a time down to one cluster. Each cell is in its most responsible
+    component; each merger joins the two clusters whose merger raises the modularity of `graph`, the cells grouped by
+    their clusters, most, or lowers it least (the first such pair on a tie); a cluster goes by its lowest component."""
+    components = responsibilities.argmax(1)
+    membership = sp.csr_matrix((np.ones(len(components)), (np.arange(len(components)), components)),
+                               shape=(len(components), responsibilities.shape[1]))
+    edges = (membership.T @ graph @ membership).toarray()  # (C, C) edge weight between the cells of two components
+    edges /= max(edges.sum(), np.finfo(float).tiny)  # fractions of the graph's weight: e_ab
+    degree = edges.sum(1)  # a_a, the fraction at a component's cells
+    alive, mergers = np.unique(components), []  # only components that hold cells are merged
+    while len(alive) > 1:
+        gain = edges[np.ix_(alive, alive)] - np.outer(degree[alive], degree[alive])  # half the modularity gain of each merger
+        gain[np.diag_indices_from(gain)] = -np.inf
+        first, second = np.unravel_index(np.argmax(gain), gain.shape)
+        keep, gone = sorted(alive[[first, second]])
+        mergers.append((keep, gone, 2 * gain[first, second]))
+        edges[keep] += edges[gone]; edges[:, keep] += edges[:, gone]
+        degree[keep] += degree[gone]
+        alive = alive[alive != gone]
+    return pd.DataFrame(mergers, columns=["kept", "merged", "gain"]).astype(dict(kept=np.int64, merged=np.int64, gain=float))
+
+def n_communities(mergers: pd.DataFrame) -> int:
+    "How many clusters the components form where their `modularity_mergers` first stop raising the modularity."
+    raises = mergers["gain"].to_numpy() > 0
+    return int(len(mergers) + 1 - (raises.argmin() if not raises.all() else len(raises)))
+
 def merge_components(
     graph: sp.spmatrix,  # (n, n) symmetric edge weights between the cells
     responsibilities: np.ndarray,  # (n, C) each cell's responsibilities over the C components
     n_clusters: int,  # K
+    mergers: pd.DataFrame | None = None,  # `modularity_mergers(graph, responsibilities)`, where already computed
 ) -> np.ndarray:  # (C,) each component's cluster, numbered 0, 1, … in the order of their first components
-    """Components merged into at most `n_clusters` clusters. Each cell is in its most responsible component; two
-    clusters at a time are merged, those whose merger raises the modularity of `graph`, the cells grouped by their
-    clusters, most (the first such pair on a tie). A component that holds no cell joins the cluster whose cells give
-    it the most responsibility."""
+    """Components merged into at most `n_clusters` clusters by the first of their `modularity_mergers`. A component
+    that holds no cell joins the cluster whose cells give it the most responsibility."""
+    if mergers is None: mergers = modularity_mergers(graph, responsibilities)
     n_components = responsibilities.shape[1]
     components = responsibilities.argmax(1)
-    membership = sp.csr_matrix((np.ones(len(components)), (np.arange(len(components)), components)),
-                               shape=(len(components), n_components))
-    edges = (membership.T @ graph @ membership).toarray()  # (C, C) edge weight between the cells of two components
-    edges /= max(edges.sum(), np.finfo(float).tiny)  # fractions of the graph's weight: e_ab
-    degree = edges.sum(1)  # a_a, the fraction at a component's cells
-    cluster, alive = np.arange(n_components), np.unique(components)  # only components that hold cells are merged
-    while len(alive) > n_clusters:
-        gain = edges[np.ix_(alive, alive)] - np.outer(degree[alive], degree[alive])  # half the modularity gain of each merger
-        gain[np.diag_indices_from(gain)] = -np.inf
-        first, second = alive[list(np.unravel_index(np.argmax(gain), gain.shape))]
-        keep, gone = min(first, second), max(first, second)
-        edges[keep] += edges[gone]; edges[:, keep] += edges[:, gone]
-        degree[keep] += degree[gone]
+    cluster, alive = np.arange(n_components), np.unique(components)
+    for keep, gone in mergers[["kept", "merged"]].to_numpy()[: max(len(alive) - n_clusters, 0)]:
         cluster[cluster == gone] = keep
         alive = alive[alive != gone]
     empty = np.setdiff1d(np.arange(n_components), components)
@@ -764,14 +783,16 @@ def merge_components(
 
 # %% ../nbs/11_model.ipynb #c7a3e1d7
 @patch
-def _merged_components(self: GMVAE, x: np.ndarray, proba: np.ndarray, codes: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    "Each component's cluster: `merge_components` of the training cells by their responsibilities `proba`, on the `knn_graph` of their embedding (`get_latent`'s: the posterior means `x` moved by the maps of their batches `codes`, `batch_size` cells at a time)."
-    if self.n_components <= self.n_clusters: return np.arange(self.n_components)
+def _merged_components(self: GMVAE, x: np.ndarray, proba: np.ndarray, codes: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, int | None]:
+    "Each component's cluster: `merge_components` of the training cells by their responsibilities `proba`, on the `knn_graph` of their embedding (`get_latent`'s: the posterior means `x` moved by the maps of their batches `codes`, `batch_size` cells at a time); and the `n_communities` the components form there (None: one component per cluster, nothing merged)."
+    if self.n_components <= self.n_clusters: return np.arange(self.n_components), None
     if self.batch_alignment is not None:
         scale, offset = (torch.as_tensor(maps).to(torch.as_tensor(x).dtype) for maps in self.batch_alignment)
         x = np.concatenate([aligned_latent(torch.as_tensor(x[rows]), torch.as_tensor(proba[rows]), scale[codes[rows]], offset[codes[rows]]).numpy()
                             for rows in np.split(np.arange(len(x)), range(batch_size, len(x), batch_size))])
-    return merge_components(knn_graph(x), proba, self.n_clusters)
+    graph = knn_graph(x)
+    mergers = modularity_mergers(graph, proba)
+    return merge_components(graph, proba, self.n_clusters, mergers), n_communities(mergers)
 
 # %% ../nbs/11_model.ipynb #2ecada87
 @patch
@@ -864,7 +885,7 @@ def fit(self: GMVAE,
     refitted = self._refit_mixing_weights(train, mixing_em_steps)
     x, proba = self._alignment_inputs(None, train)  # with π as set: the responsibilities are predict_proba's
     self.component_moments, self.batch_alignment = self._fit_batch_alignment(x, proba, codes[train])
-    self.cluster_of_component = self._merged_components(x, proba, codes[train])
+    self.cluster_of_component, communities = self._merged_components(x, proba, codes[train])
     self.mapped_batches = self.mapped_batches[:0]  # maps of earlier networks: map_query them again
     history["epoch"] += len(self.history)
     self.history = pd.concat([self.history, history], ignore_index=True) if len(self.history) else history
@@ -876,6 +897,7 @@ def fit(self: GMVAE,
                                              restart_chosen=chosen, restart_init_mixture=starts, restart_chosen_after=int(choose_after) if screened else None,
                                              n_jobs=n_jobs, restart_threads=threads)
     if "gmm" in starts: self.train_config |= dict(init_epochs=int(init_epochs))
+    if communities is not None: self.train_config |= dict(n_communities=communities)  # the communities the merged components form
     return self
 
 # %% ../nbs/11_model.ipynb #961f4322

@@ -39,7 +39,7 @@ with optional_dependencies("sweep"):
 __all__ = ['RUN_NOTEBOOK', 'BLOG_GRID', 'SINGLE_BATCH', 'LABEL_KEY', 'Run', 'plan_runs', 'run_status', 'RunKernelManager',
            'execute_notebook_in', 'clear_attempt', 'execute_run', 'canonical_counts', 'check_split', 'prepare_data',
            'training_progress', 'sweep', 'collect', 'summarize', 'mean_pairwise_ari', 'cluster_stability', 'elbo_by_k',
-           'KChoice', 'choose_k', 'recommend_k']
+           'KChoice', 'communities_by_k', 'choose_k', 'recommend_k']
 
 # %% ../nbs/15_sweep.ipynb #d22cfc08
 RUN_NOTEBOOK = Path(str(files("gmvae_nb") / "notebooks" / "train.ipynb"))
@@ -348,6 +348,7 @@ class KChoice:
     smallest: int  # the grid's smallest K, the one to beat
     first_beating: int | None  # the first K whose mean held-out −ELBO beats the smallest K's; None: none does
     stability: float  # the stability of the recommended K; NaN where it is not known
+    fewer_than_communities: tuple[int, ...] = ()  # the K from `first_beating` on left out: fewer clusters than the communities their components form
 
     @property
     def reason(self) -> str:
@@ -358,16 +359,26 @@ class KChoice:
         beating = (f"K = {self.first_beating} is the first K whose mean held-out −ELBO per cell beats K = "
                    f"{self.smallest}'s by more than the standard error of the difference; of K = {self.first_beating} "
                    "and every larger K")
+        if self.fewer_than_communities:
+            beating += (f" but K = {', '.join(map(str, self.fewer_than_communities))}, which merged components that form "
+                        "more communities than K on the cells' nearest-neighbour graph (median over seeds)")
+        if self.k in self.fewer_than_communities:
+            return f"{beating}, none is left, so the largest is kept: the data may ask for more clusters than the grid has"
         if np.isnan(self.stability): return f"{beating}, the first (one seed per K: stability unknown)"
         return (f"{beating}, the smallest whose clusters agree across seeds within one standard error of the most stable "
                 f"(stability {self.stability:.2f}, the mean ARI between the test cells' clusters of every two seeds)")
 
+def communities_by_k(table: pd.DataFrame) -> pd.Series:
+    "Per K: the median over its runs of `n_communities`, the communities the components of a run form where it merged them into K clusters; NaN where no run recorded it (one component per cluster: nothing merged; or runs from before gmvae_nb recorded it)."
+    communities = pd.to_numeric(table["n_communities"], errors="coerce") if "n_communities" in table else pd.Series(np.nan, index=table.index)
+    return communities.groupby(table["n_clusters"]).median()
+
 def choose_k(
-    table: pd.DataFrame,  # one row per run: n_clusters and `score` (as `collect` returns)
+    table: pd.DataFrame,  # one row per run: n_clusters, `score` and, where it merged components, n_communities (as `collect` returns)
     score: str = "neg_elbo_per_cell",  # lower is better: the held-out −ELBO per cell
     stability: pd.DataFrame | None = None,  # per K, `stability` and its `se`, as `cluster_stability(out)` returns; None or NaN: not known
 ) -> KChoice:
-    "Of the first K whose mean `score` beats the smallest K's by more than the standard error of the difference and every larger K, the smallest whose stability is within one standard error of the highest; the first of them where stability is not known; the smallest K where none beats it."
+    "Of the first K whose mean `score` beats the smallest K's by more than the standard error of the difference and every larger K, but those fewer than the communities their components form (`communities_by_k`), the smallest whose stability is within one standard error of the highest; the first of them where stability is not known; the largest K where none is left; the smallest K where none beats it."
     if stability is not None and not (isinstance(stability, pd.DataFrame) and {"stability", "se"} <= set(stability.columns)):
         given = f"columns {list(stability.columns)}" if isinstance(stability, pd.DataFrame) else f"a {type(stability).__name__}"
         raise ValueError("stability must be a DataFrame with the columns 'stability' and 'se', as cluster_stability(out) "
@@ -376,12 +387,18 @@ def choose_k(
     smallest = int(per_k.index.min())
     if not per_k["beats_smallest"].any(): return KChoice(smallest, smallest, None, np.nan)
     first_beating = int(per_k.index[per_k["beats_smallest"]].min())
-    candidates = per_k.index[per_k.index >= first_beating]
+    beating = per_k.index[per_k.index >= first_beating]
+    too_few = beating < communities_by_k(table).reindex(beating).to_numpy()  # NaN: not known, kept
+    left_out = tuple(int(K) for K in beating[too_few])
+    candidates = beating[~too_few]
+    if not len(candidates):
+        k = int(beating.max())
+        return KChoice(k, smallest, first_beating, np.nan if stability is None else float(stability["stability"].get(k, np.nan)), left_out)
     known = pd.DataFrame() if stability is None else stability.reindex(candidates).dropna(subset=["stability"])
-    if not len(known): return KChoice(first_beating, smallest, first_beating, np.nan)
+    if not len(known): return KChoice(int(candidates.min()), smallest, first_beating, np.nan, left_out)
     most = known["stability"].idxmax()
     k = int(known.index[known["stability"] >= known.loc[most, "stability"] - np.nan_to_num(known.loc[most, "se"])].min())
-    return KChoice(k, smallest, first_beating, float(known.loc[k, "stability"]))
+    return KChoice(k, smallest, first_beating, float(known.loc[k, "stability"]), left_out)
 
 def recommend_k(table: pd.DataFrame, score: str = "neg_elbo_per_cell", stability: pd.DataFrame | None = None) -> int:
     "The K `choose_k` recommends."

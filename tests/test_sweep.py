@@ -52,6 +52,7 @@ def test_two_by_two_sweep_through_papermill(tiny_data, tmp_path):
         assert metrics["n_clusters"] == int(run[1:4]) and metrics["seed"] == int(run[-1])
         assert metrics["components_per_cluster"] == 1  # the option reaches the model, which saves it
         assert json.loads((folder / "model" / "config.json").read_text())["model"]["components_per_cluster"] == 1
+        assert metrics["n_communities"] is None  # one component per cluster: nothing merged
         cells = pd.read_csv(folder / "test_cells.csv", index_col=0)  # the scored cells, one row each
         assert len(cells) == metrics["n_test_cells"]
         assert metrics["ari_own_clusters"] == pytest.approx(adjusted_rand_score(cells.cell_type, cells.gmvae_cluster))
@@ -122,6 +123,7 @@ def test_training_notebook_runs_alone_on_a_preset(tmp_path):
     saved = json.loads((tmp_path / "model" / "config.json").read_text())["training"]
     assert metrics["init_mixture"] == "mixed" and saved["restart_init_mixture"] == [None, None, "gmm"]  # the setting
     assert metrics["kept_init_mixture"] == saved["init_mixture"] == saved["restart_init_mixture"][saved["restart_chosen"]]  # the kept one's
+    assert metrics["n_communities"] == saved["n_communities"] >= 1  # the communities the merged components form
     assert metrics["epochs"] == len(pd.read_csv(tmp_path / "history.csv")) == (3 if metrics["kept_init_mixture"] == "gmm" else 1)
     assert (tmp_path / "data.h5ad").exists()
 
