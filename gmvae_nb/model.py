@@ -39,14 +39,15 @@ from .train import TrainConfig, fit_module, seed_streams
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'COMPONENTS_PER_CLUSTER', 'SETTINGS', 'MIXTURE_INITS', 'PREDICT_SAMPLES', 'MIXING_EM_STEPS',
-           'MIXING_EM_STEPS_EACH_EPOCH', 'MIXING_EM_MIN_STEPS', 'EM_CHUNK_ENTRIES', 'ALIGNMENT_SHRINKAGE',
-           'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP', 'WORKER_MEMORY', 'SIDE_BY_SIDE_MEMORY_SHARE',
-           'MERGE_NEIGHBORS', 'ALIGNMENT_FILE', 'AS_SAVED', 'GMVAE', 'fits_mixture_on_x', 'restart_mixture_start',
-           'continued_history', 'restart_seed', 'final_neg_elbo', 'restart_agreement', 'choose_restart',
-           'mixing_em_every', 'em_mixing_weights', 'component_moments', 'batch_alignment', 'aligned_latent',
-           'default_choose_after', 'RestartPlan', 'restart_groups', 'stored_bytes', 'side_by_side_memory',
-           'cgroup_memory_left', 'available_memory', 'resolve_n_jobs', 'knn_graph', 'modularity_mergers',
-           'n_communities', 'merge_components', 'cluster_categories', 'posterior_mixture_moments', 'saved_config']
+           'MIXING_EM_STEPS_EACH_EPOCH', 'MIXING_EM_DRAWS_EACH_EPOCH', 'MIXING_EM_MIN_STEPS', 'EM_CHUNK_ENTRIES',
+           'ALIGNMENT_SHRINKAGE', 'DEFAULT_N_INIT', 'CHOOSE_AFTER_EPOCHS', 'CHOOSE_AFTER_WARMUP', 'WORKER_MEMORY',
+           'SIDE_BY_SIDE_MEMORY_SHARE', 'MERGE_NEIGHBORS', 'ALIGNMENT_FILE', 'AS_SAVED', 'GMVAE', 'fits_mixture_on_x',
+           'restart_mixture_start', 'continued_history', 'derived_seed', 'restart_seed', 'final_neg_elbo',
+           'restart_agreement', 'choose_restart', 'mixing_em_every', 'em_mixing_weights', 'component_moments',
+           'batch_alignment', 'aligned_latent', 'default_choose_after', 'RestartPlan', 'restart_groups', 'stored_bytes',
+           'side_by_side_memory', 'cgroup_memory_left', 'available_memory', 'resolve_n_jobs', 'knn_graph',
+           'modularity_mergers', 'n_communities', 'merge_components', 'cluster_categories', 'posterior_mixture_moments',
+           'saved_config']
 
 # %% ../nbs/11_model.ipynb #4104dd22
 def _model_layer_advice(layer: str | None, loading: bool = False) -> str:
@@ -290,10 +291,13 @@ def _split_indices(self: GMVAE, split_key: str | None) -> tuple[np.ndarray, np.n
                          "pass split_key=None to train on all cells")
     return train, np.flatnonzero(split == "validation")
 
+def derived_seed(seed: int, number: int) -> int:
+    "A seed of 63 bits (as torch takes) for the `number`-th use of `seed`, independent of the others' (numpy's `SeedSequence`)."
+    return int(np.random.SeedSequence([seed, number]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
 def restart_seed(seed: int, restart: int) -> int:
     "Seed of restart `restart` of `GMVAE(..., seed=seed).fit(n_init=…)`: `seed` itself for the first, a derived one for the others."
-    if restart == 0: return seed
-    return int(np.random.SeedSequence([seed, restart]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    return seed if restart == 0 else derived_seed(seed, restart)
 
 # %% ../nbs/11_model.ipynb #12f3d93e
 def final_neg_elbo(history: pd.DataFrame) -> float:
@@ -365,10 +369,11 @@ def _sampled_terms(self: GMVAE, adata: ad.AnnData | None, n_samples: int, batch_
                           batch_size)
 
 @patch
-def _mixture_at(self: GMVAE, noise: torch.Tensor, *names: str) -> Callable[[Minibatch], dict[str, torch.Tensor]]:
-    "Per minibatch, from the encoder and β alone, at `noise` (M, 1, n_x + n_w), the same standardised draws for every cell, the outputs `names` of: x and w, the posterior means; log_density, log N(x; μ_k(w), σ_k²(w)) (B, M, K); proba, the responsibilities E_q r_k (B, K) with the model's π, those of `elbo`."
+def _mixture_at(self: GMVAE, noise: torch.Tensor | Callable[[int], torch.Tensor], *names: str) -> Callable[[Minibatch], dict[str, torch.Tensor]]:
+    "Per minibatch, from the encoder and β alone, at `noise` (M, 1, n_x + n_w), the same standardised draws for every cell (or a function of the minibatch's number of cells B giving each cell's own, (M, B, n_x + n_w)), the outputs `names` of: x and w, the posterior means; log_density, log N(x; μ_k(w), σ_k²(w)) (B, M, K); proba, the responsibilities E_q r_k (B, K) with the model's π, those of `elbo`."
     def outputs(mb: Minibatch) -> dict[str, torch.Tensor]:
-        posterior, x, prior_mean, prior_logvar = self.module.draw_latents(mb.counts, mb.batch, noise.expand(-1, len(mb.index), -1))
+        draws = noise(len(mb.index)) if callable(noise) else noise.expand(-1, len(mb.index), -1)
+        posterior, x, prior_mean, prior_logvar = self.module.draw_latents(mb.counts, mb.batch, draws)
         log_density = component_log_densities(x, prior_mean, prior_logvar, torch.zeros(()))  # (M, B, K)
         out = dict(x=posterior["x_mean"], w=posterior["w_mean"], log_density=log_density.transpose(0, 1))
         if "proba" in names:  # not for the π steps, which take the log densities alone
@@ -395,6 +400,7 @@ def _clusters(self: GMVAE, adata: ad.AnnData | None, batch_size: int = 1024, com
 # %% ../nbs/11_model.ipynb #a1f3c0d2
 MIXING_EM_STEPS = 10  # EM steps that set π to the trained model's own at the end of `fit` (learn_pi=False)
 MIXING_EM_STEPS_EACH_EPOCH = 1  # EM steps from uniform that set π after each epoch past the warm-up, with fit(mixing_em_each_epoch=True)
+MIXING_EM_DRAWS_EACH_EPOCH = 1  # ... at this many draws of (x, w) per cell, each cell's own and new at every step
 MIXING_EM_MIN_STEPS = 8  # ... with at least this many optimiser steps between two: on fewer minibatches per epoch, π is set every `mixing_em_every` epochs
 
 def mixing_em_every(n_cells: int, batch_size: int) -> int:
@@ -421,16 +427,21 @@ def em_mixing_weights(
 # %% ../nbs/11_model.ipynb #a1f3c0d4
 @patch
 @torch.no_grad()
-def _component_log_densities(self: GMVAE, cells: np.ndarray, seed: int | None = None) -> np.ndarray:
-    "log N(x; μ_k(w), σ_k²(w)) (cells, draws, K) of the rows `cells` of the training data, at the draws of (x, w) behind `predict_proba` (those of the model of `seed`, if given)."
-    return self._per_cell(None, self._mixture_at(self._inference_noise(PREDICT_SAMPLES, seed), "log_density"),
-                          indices=cells)[1]["log_density"]
+def _component_log_densities(self: GMVAE, cells: np.ndarray, seed: int | None = None, epoch: int | None = None) -> np.ndarray:
+    "log N(x; μ_k(w), σ_k²(w)) (cells, draws, K) of the rows `cells` of the training data, at the draws of (x, w) behind `predict_proba` (those of the model of `seed`, if given); after training `epoch`, at the per-epoch π step's: `MIXING_EM_DRAWS_EACH_EPOCH` draws of each cell's own, drawn from `seed` and `epoch`."
+    if epoch is None: noise = self._inference_noise(PREDICT_SAMPLES, seed)
+    else:
+        generator = torch.Generator(device=self.device).manual_seed(
+            derived_seed(seed_streams(self.seed if seed is None else seed)["inference"], epoch))
+        def noise(n_cells: int) -> torch.Tensor: return self.module.sample_noise(n_cells, MIXING_EM_DRAWS_EACH_EPOCH, generator)
+    return self._per_cell(None, self._mixture_at(noise, "log_density"), indices=cells)[1]["log_density"]
 
 @patch
-def _refit_mixing_weights(self: GMVAE, cells: np.ndarray | None, steps: int = MIXING_EM_STEPS, seed: int | None = None) -> bool:
-    "Set a uniform-π model's π to `em_mixing_weights` of the training rows `cells` after `steps` (None or 0: back to uniform), at the draws of the model of `seed` (None: this one's); a learned π is left as it is. Whether π was set."
+def _refit_mixing_weights(self: GMVAE, cells: np.ndarray | None, steps: int = MIXING_EM_STEPS, seed: int | None = None,
+                          epoch: int | None = None) -> bool:
+    "Set a uniform-π model's π to `em_mixing_weights` of the training rows `cells` after `steps` (None or 0: back to uniform), at the draws of the model of `seed` (None: this one's) that `_component_log_densities` takes (after training `epoch`, the per-epoch step's); a learned π is left as it is. Whether π was set."
     if isinstance(self.module.pi_logits, torch.nn.Parameter): return False
-    weights = None if cells is None or not steps else em_mixing_weights(self._component_log_densities(cells, seed), steps)
+    weights = None if cells is None or not steps else em_mixing_weights(self._component_log_densities(cells, seed, epoch), steps)
     self.module.pi_logits.copy_(torch.zeros(self.n_components) if weights is None else
                                 torch.log(torch.as_tensor(weights).clamp_min(1e-30)).to(self.module.pi_logits))
     return True
@@ -559,12 +570,13 @@ class RestartPlan:
 def _train_run(self: GMVAE, run: dict, run_config: TrainConfig, label: str, plan: RestartPlan, **checkpointing) -> pd.DataFrame:
     "Train `run`'s module, the model's module, from its mixture's start (or on from a checkpoint, as `checkpointing` says); its whole history."
     before = run["before"]
+    epochs_before = len(self.history) + (0 if before is None else len(before))  # trained by the model's earlier fits and this run's pretraining
     def refit_mixing_past_warmup(epoch: dict):
-        "After an epoch whose KL weight has reached 1 and whose number `every` divides, π from the run's networks by `steps_each_epoch` EM steps, at the draws of the run's seed (a restart trains as the model of its seed)."
+        "After an epoch whose KL weight has reached 1 and whose number `every` divides, π from the run's networks by `steps_each_epoch` EM steps, at draws of the run's seed (a restart trains as the model of its seed) new at each epoch."
         if epoch["kl_weight"] >= 1 and epoch["epoch"] % plan.every == 0:
-            self._refit_mixing_weights(plan.train, plan.steps_each_epoch, run["seed"])
+            self._refit_mixing_weights(plan.train, plan.steps_each_epoch, run["seed"], epochs_before + epoch["epoch"])
     history = fit_module(run["module"], plan.counts, plan.codes, plan.train, plan.validation, run_config, device=plan.device,
-                         seed=run["seed"] + len(self.history) + (0 if before is None else len(before)),
+                         seed=run["seed"] + epochs_before,
                          progress=plan.progress, label=label, identity=plan.identity, on_epoch=plan.on_epoch,
                          after_steps=refit_mixing_past_warmup if plan.steps_each_epoch else None, **checkpointing)
     return history if before is None else continued_history(before, history)
