@@ -352,11 +352,16 @@ def _per_cell(self: GMVAE, adata: ad.AnnData | None, outputs: Callable[[Minibatc
 
 # %% ../nbs/11_model.ipynb #6d155fb3
 @patch
+def _inference_generator(self: GMVAE, seed: int | None = None, epoch: int | None = None) -> torch.Generator:
+    "A generator on the model's device seeded by the inference stream of `seed` (None: the model's seed), or, given `epoch`, by its `derived_seed` for that epoch (the per-epoch π step's)."
+    stream = seed_streams(self.seed if seed is None else seed)["inference"]
+    return torch.Generator(device=self.device).manual_seed(stream if epoch is None else derived_seed(stream, epoch))
+
+@patch
 def _inference_noise(self: GMVAE, n_samples: int, seed: int | None = None) -> torch.Tensor:
     "The `n_samples` standard normal draws (M, 1, n_x + n_w) that every cell uses at inference, seeded by `seed` (None: the model's seed; zeros for 0 samples: the posterior means)."
     if n_samples == 0: return torch.zeros(1, 1, self.module.n_x + self.module.n_w, device=self.device)
-    generator = torch.Generator(device=self.device).manual_seed(seed_streams(self.seed if seed is None else seed)["inference"])
-    return self.module.sample_noise(1, n_samples, generator)
+    return self.module.sample_noise(1, n_samples, self._inference_generator(seed))
 
 PREDICT_SAMPLES = 10  # draws of (x, w) per cell behind the responsibilities of `predict_proba` and `predict`, by default
 
@@ -431,8 +436,7 @@ def _component_log_densities(self: GMVAE, cells: np.ndarray, seed: int | None = 
     "log N(x; μ_k(w), σ_k²(w)) (cells, draws, K) of the rows `cells` of the training data, at the draws of (x, w) behind `predict_proba` (those of the model of `seed`, if given); after training `epoch`, at the per-epoch π step's: `MIXING_EM_DRAWS_EACH_EPOCH` draws of each cell's own, drawn from `seed` and `epoch`."
     if epoch is None: noise = self._inference_noise(PREDICT_SAMPLES, seed)
     else:
-        generator = torch.Generator(device=self.device).manual_seed(
-            derived_seed(seed_streams(self.seed if seed is None else seed)["inference"], epoch))
+        generator = self._inference_generator(seed, epoch)
         def noise(n_cells: int) -> torch.Tensor: return self.module.sample_noise(n_cells, MIXING_EM_DRAWS_EACH_EPOCH, generator)
     return self._per_cell(None, self._mixture_at(noise, "log_density"), indices=cells)[1]["log_density"]
 
